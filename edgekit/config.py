@@ -1,0 +1,168 @@
+"""Typed configuration: dataclasses, loaded from YAML recipes, overridden by ``section.key=value``.
+
+Every unknown key and every value of the wrong type is a ``UserError`` that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from edgekit.errors import UserError
+
+
+def _type_name(tp) -> str:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def coerce(value: Any, tp, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to type ``tp`` or raise a UserError naming ``key``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except UserError as e:
+                errors.append(e)
+        raise UserError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}.")
+    if origin is typing.Literal:
+        if value in get_args(tp):
+            return value
+        raise UserError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}.")
+    if origin is list:
+        (item,) = get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}.")
+        return [coerce(v, item, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=key)
+    else:
+        return value
+    raise UserError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}.")
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, checking every key and type."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe section '{prefix or 'top level'}' must be a mapping of keys to values, got {data!r}.")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise UserError(
+                f"unknown recipe key '{key}'; known keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))}."
+            )
+        kwargs[k] = coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def parse_overrides(pairs) -> dict:
+    """``["train.lr=1e-4", "student.num_layers=4"]`` -> nested dict (values stay strings; coerced later)."""
+    out: dict = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise UserError(f"override '{pair}' is not of the form section.key=value.")
+        key, value = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_recipe(path) -> dict:
+    """The raw mapping of a YAML recipe. Relative paths inside it stay as written."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe '{path}' does not exist; pass the path of a YAML file such as recipes/quickstart.yaml.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UserError(f"recipe '{path}' is not valid YAML{where}; fix the syntax and retry.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe '{path}' must be a mapping of sections (teacher:, student:, ...), not a {type(data).__name__}.")
+    return data
+
+
+def load_config(cls, recipe: str | Path | None = None, overrides: dict | None = None,
+                ignore_sections=()):
+    """Recipe YAML (optional) merged with ``overrides``, validated into ``cls``.
+
+    ``ignore_sections`` names top-level recipe sections that belong to other pipeline stages of
+    the same recipe; they are skipped here instead of being reported as unknown keys.
+    """
+    data = read_recipe(recipe) if recipe else {}
+    data = merge(data, overrides or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if k in names or k not in set(ignore_sections)}
+    return from_dict(cls, data)

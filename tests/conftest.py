@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny models built from configs, the real bert-base-chinese vocabulary, real CLUE text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+VOCAB = DATA / "vocab" / "bert-base-chinese" / "vocab.txt"
+
+
+def clue_sentences(n: int, task: str = "tnews", split: str = "dev.json", field: str = "sentence") -> list[str]:
+    lines = (DATA / "clue" / task / split).read_text(encoding="utf-8").split("\n")
+    return [json.loads(line)[field] for line in lines[:n] if line.strip()]
+
+
+def make_tiny_teacher(path: Path, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    torch.manual_seed(seed)
+    tok = BertTokenizer.from_pretrained(VOCAB.parent)  # v5 ignores vocab_file=
+    model = BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                                 num_attention_heads=heads, intermediate_size=hidden * 2,
+                                 max_position_embeddings=128, initializer_range=0.2))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher") / "bert-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(clue_sentences(64)) + "\n", encoding="utf-8")
+    return path
+
+
+TINY_STUDENT = {"num_layers": 2, "num_heads": 2, "hidden_size": 32, "embedding_size": 16,
+                "intermediate_size": 64, "max_position_embeddings": 128}
+
+
+def tiny_distill_overrides(teacher: Path, corpus: Path, **train) -> dict:
+    return {
+        "teacher": {"path": str(teacher)},
+        "student": dict(TINY_STUDENT),
+        "data": {"corpus": [str(corpus)], "max_length": 32},
+        "vocab": {"trim": "true"},
+        "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-3, "save_every": 4, "log_every": 1,
+                  "warmup_ratio": 0.0, **train},
+    }
