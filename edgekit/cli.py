@@ -80,6 +80,44 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
                f"final loss {result['final_metrics'].get('loss')})")
 
 
+@app.command()
+@click.option("--recipe", type=click.Path(), help="YAML recipe; its prune/train/data sections are read.")
+@click.option("--model", "model_dir", help="Student directory to prune (written by `edgekit distill`).")
+@click.option("--sparsity", type=float, help="Final sparsity of every pruned tensor, e.g. 0.8.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory.")
+@click.option("--teacher", "teacher_path", help="Teacher directory (default: the one the student was distilled from).")
+@click.option("--corpus", multiple=True, help="Corpus file(s) (default: the student's distillation corpus).")
+@click.option("--begin-step", type=int, help="Step t0 where pruning starts.")
+@click.option("--end-step", type=int, help="Step where the final sparsity is reached (default 3/4 of max steps).")
+@click.option("--frequency", type=int, help="Recompute masks every this many steps (Δt).")
+@click.option("--scope", type=click.Choice(["layer", "global"]), help="Per-tensor (default) or one global threshold.")
+@click.option("--include", multiple=True, help="Regex over parameter names to prune (default: all embeddings and linears).")
+@click.option("--exclude", multiple=True, help="Regex over parameter names to keep dense.")
+@click.option("--early-exit/--no-early-exit", default=None, help="Train all exits with weights 2k/(L(L+1)) (default on).")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. prune.initial_sparsity=0.1.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, end_step, frequency, scope, include,
+          exclude, early_exit, max_steps, batch_size, lr, sets, resume):
+    """Gradual magnitude pruning (cubic schedule) with the weighted early-exit distillation loss."""
+    from edgekit.prune.stage import load_prune_config, prune as run_prune
+
+    overrides = _overrides(sets, **{"model": model_dir, "prune.sparsity": sparsity, "teacher.path": teacher_path,
+                                    "data.corpus": corpus, "prune.begin_step": begin_step, "prune.end_step": end_step,
+                                    "prune.frequency": frequency, "prune.scope": scope, "prune.include": include,
+                                    "prune.exclude": exclude, "early_exit.enabled": early_exit,
+                                    "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
+    cfg = load_prune_config(recipe, overrides)
+    result = run_prune(cfg, out, resume=resume, command="edgekit " + " ".join(sys.argv[1:]))
+    if result.get("interrupted"):
+        click.echo(f"stopped at step {result['step']}; continue with --resume")
+        return
+    click.echo(f"pruned student: {result['student_dir']}  ({result['nonzero_parameters']:,} of "
+               f"{result['parameters']:,} parameters non-zero; report in {out}/sparsity.json)")
+
+
 @app.group()
 def vocab():
     """Vocabulary tools."""

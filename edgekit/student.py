@@ -68,14 +68,32 @@ def albert_config(cfg: StudentConfig, vocab_size: int, pad_token_id: int = 0,
 
 
 def build_student(cfg: StudentConfig, vocab_size: int, pad_token_id: int = 0, seed: int | None = None,
-                  **special_ids) -> AlbertModel:
-    """A freshly initialised student of shape ``cfg`` for a vocabulary of ``vocab_size`` pieces."""
+                  pooler: bool = False, **special_ids) -> AlbertModel:
+    """A freshly initialised student of shape ``cfg`` for a vocabulary of ``vocab_size`` pieces.
+
+    No pooler by default: task-agnostic distillation never trains it (relations are read inside
+    the encoder), so it would ship 590k random weights; a task head adds its own when fine-tuning.
+    Without it the paper shape has 9.96M parameters (10.55M with), and 80% sparsity leaves 1.99M.
+    """
     import torch
 
     if seed is not None:
         torch.manual_seed(seed)
-    model = AlbertModel(albert_config(cfg, vocab_size, pad_token_id, **special_ids), add_pooling_layer=True)
-    return model
+    return AlbertModel(albert_config(cfg, vocab_size, pad_token_id, **special_ids), add_pooling_layer=pooler)
+
+
+def load_student(path) -> AlbertModel:
+    """An ALBERT student directory, with a pooler only if the checkpoint has one."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    weights = Path(path) / "model.safetensors"
+    has_pooler = True
+    if weights.exists():
+        with safe_open(str(weights), framework="pt") as f:
+            has_pooler = any(k.startswith("pooler.") or ".pooler." in k for k in f.keys())
+    return AlbertModel.from_pretrained(path, add_pooling_layer=has_pooler)
 
 
 def student_config_dict(cfg: StudentConfig) -> dict:

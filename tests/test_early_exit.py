@@ -33,14 +33,14 @@ def padded_batch(seed=0, lengths=LENGTHS):
 
 @pytest.fixture(scope="module")
 def student():
-    return build_student(TINY, VOCAB, seed=0).eval()
+    return build_student(TINY, VOCAB, pooler=True, seed=0).eval()
 
 
 @pytest.fixture(scope="module")
 def classifier():
     """A classifier whose predictions change across layers, so exits differ between examples."""
     torch.manual_seed(3)
-    clf = EarlyExitClassifier.from_student(build_student(TINY, VOCAB, seed=3), num_labels=3).eval()
+    clf = EarlyExitClassifier.from_student(build_student(TINY, VOCAB, pooler=True, seed=3), num_labels=3).eval()
     with torch.no_grad():
         for module in clf.modules():
             if isinstance(module, torch.nn.Linear):

@@ -96,6 +96,21 @@ def _prepare_vocab(cfg: DistillConfig, run: RunDir, tokenizer, texts):
     return student_tok, kept, report
 
 
+def teacher_to_student_ids(teacher_vocab_size: int, kept: list[int], unk_id: int | None) -> torch.Tensor:
+    """Lookup table teacher id -> student id (pieces the student lacks map to its unknown token)."""
+    id_map = torch.full((teacher_vocab_size,), unk_id or 0, dtype=torch.long)
+    id_map[torch.tensor(kept)] = torch.arange(len(kept))
+    return id_map
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a finished run or silently restart an unfinished one."""
+    if (out / "student" / "config.json").exists() and not resume:
+        raise UserError(f"'{out}' already holds a finished student; choose another --out or delete it.")
+    if latest_checkpoint(out) is not None and not resume:
+        raise UserError(f"'{out}' has checkpoints of an unfinished run; pass --resume to continue it or choose another --out.")
+
+
 def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int | None = None,
             command: str | None = None) -> dict:
     """Distill ``cfg.teacher`` into a fresh student; the student is written to ``OUT/student``."""
@@ -106,10 +121,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
         raise UserError("no teacher given; pass --teacher DIR (a Hugging Face encoder checkpoint) or --teacher e5-small.")
     if cfg.data.max_length < 8:
         raise UserError(f"data.max_length must be at least 8 tokens, got {cfg.data.max_length}.")
-    if (out / "student" / "config.json").exists() and not resume:
-        raise UserError(f"'{out}' already holds a finished student; choose another --out or delete it.")
-    if latest_checkpoint(out) is not None and not resume:
-        raise UserError(f"'{out}' has checkpoints of an unfinished run; pass --resume to continue it or choose another --out.")
+    check_run_dir(out, resume)
     dist = init_distributed()
     torch.manual_seed(cfg.train.seed)
 
@@ -129,8 +141,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
         if not dist.is_main:
             student_tok, kept, vocab_report = _prepare_vocab(cfg, run, tokenizer, texts)
 
-    id_map = torch.full((len(tokenizer),), student_tok.unk_token_id or 0, dtype=torch.long)
-    id_map[torch.tensor(kept)] = torch.arange(len(kept))
+    id_map = teacher_to_student_ids(len(tokenizer), kept, student_tok.unk_token_id)
     corpus = TokenizedCorpus(tokenizer, texts, cfg.data.max_length)
     batches = ResumableBatches(len(corpus), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)
 
@@ -142,7 +153,10 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
     meta = {
         "kind": "student",
         "stage": "distill",
-        "teacher": str(teacher_dir),
+        "teacher": str(Path(teacher_dir).resolve()),
+        "corpus": [str(c) for c in cfg.data.corpus],
+        "text_field": cfg.data.text_field,
+        "max_length": cfg.data.max_length,
         "teacher_model_type": teacher.config.model_type,
         "teacher_layer": distiller.teacher_layer,
         "method": cfg.distill.method,

