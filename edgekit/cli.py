@@ -118,6 +118,77 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
                f"{result['parameters']:,} parameters non-zero; report in {out}/sparsity.json)")
 
 
+@app.command()
+@click.option("--recipe", type=click.Path(), help="YAML recipe; its task/finetune/train sections are read.")
+@click.option("--model", "model_dir", help="Model directory: a student (early exits) or any encoder.")
+@click.option("--task", "task_name", help="tnews, iflytek, csl, afqmc, ocnli, cmnli, sentiment, or jsonl/csv.")
+@click.option("--data-dir", help="Directory with the task's train and dev files.")
+@click.option("--text-field", help="Text field (generic jsonl/csv tasks, or to override).")
+@click.option("--text-pair-field", help="Second text field for pair tasks.")
+@click.option("--label-field", help="Label field.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory.")
+@click.option("--early-exit/--no-early-exit", default=None, help="Train all exits with weights 2k/(L(L+1)) (default on for students).")
+@click.option("--max-steps", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--eval-every", type=int, help="Evaluate on dev every N steps (and at the end).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--resume", is_flag=True)
+def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field, label_field, out, early_exit,
+             max_steps, batch_size, lr, eval_every, sets, resume):
+    """Fine-tune on a classification task, with the accumulated early-exit loss for students."""
+    from edgekit.finetune import finetune as run_finetune, load_finetune_config
+
+    overrides = _overrides(sets, **{"model": model_dir, "task.name": task_name, "task.data_dir": data_dir,
+                                    "task.text_field": text_field, "task.text_pair_field": text_pair_field,
+                                    "task.label_field": label_field, "finetune.early_exit": early_exit,
+                                    "finetune.eval_every": eval_every, "train.max_steps": max_steps,
+                                    "train.batch_size": batch_size, "train.lr": lr})
+    result = run_finetune(load_finetune_config(recipe, overrides), out, resume=resume,
+                          command="edgekit " + " ".join(sys.argv[1:]))
+    if result.get("interrupted"):
+        click.echo(f"stopped at step {result['step']}; continue with --resume")
+        return
+    per_exit = ", ".join(f"{100 * a:.1f}" for a in result["dev_accuracy_per_exit"])
+    click.echo(f"{result['task']}: dev accuracy {100 * result['dev_accuracy']:.2f}% (per exit: {per_exit}); "
+               f"model: {result['model_dir']}")
+
+
+@app.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Directory to write the int8 model to.")
+@click.option("--approach", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
+              help="int8 weights with per-call activation ranges, or calibrated activation ranges.")
+@click.option("--calibration", multiple=True, help="Text file(s) (plain or JSON lines) to calibrate on (static).")
+@click.option("--eval", "eval_files", multiple=True, help="Text file(s) to compare int8 with fp32 on (default: calibration).")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines files.")
+@click.option("--label-field", help="Field holding an integer label in the --eval files: report accuracy too.")
+@click.option("--autotune", is_flag=True, help="INC accuracy-driven tuning on the --eval set (accuracy with labels, else agreement).")
+@click.option("--tolerable-loss", type=float, default=0.01, show_default=True, help="Relative score loss autotune accepts.")
+@click.option("--exit-layer", type=int, help="Exit the int8 model computes (default: the last layer).")
+@click.option("--max-length", type=int, default=128, show_default=True, help="Static sequence length.")
+@click.option("--max-lines", type=int, default=256, show_default=True, help="Texts read from each set.")
+def quantize(model_dir, out, approach, calibration, eval_files, text_field, label_field, autotune, tolerable_loss,
+             exit_layer, max_length, max_lines):
+    """8-bit PyTorch classifier through Intel Neural Compressor (PT2E), with an int8-vs-fp32 report."""
+    from edgekit.data import read_corpus
+    from edgekit.quantize import quantize_pytorch
+
+    calibration_texts = read_corpus(list(calibration), text_field, max_lines) if calibration else None
+    eval_texts = eval_labels = None
+    if eval_files:
+        eval_texts = read_corpus(list(eval_files), text_field, max_lines)
+        if label_field:
+            eval_labels = [int(x) for x in read_corpus(list(eval_files), label_field, max_lines)]
+    report = quantize_pytorch(model_dir, out, approach=approach, calibration_texts=calibration_texts,
+                              eval_fn="builtin" if autotune else None, eval_texts=eval_texts, eval_labels=eval_labels,
+                              exit_layer=exit_layer, max_length=max_length, tolerable_loss=tolerable_loss)
+    a = report["agreement"]
+    accuracy = f", accuracy {a['accuracy_reference']:.4f} -> {a['accuracy']:.4f}" if "accuracy" in a else ""
+    click.echo(f"wrote {out}: int8 ({approach}) agrees with fp32 on {a['argmax_agreement']:.2%} of {a['examples']} "
+               f"texts (max |Δlogit| {a['max_abs_error']:.2e}{accuracy}); pruned zeros kept: {report['zeros']['all_kept']}")
+
+
 @app.group()
 def vocab():
     """Vocabulary tools."""

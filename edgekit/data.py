@@ -71,20 +71,31 @@ def read_corpus(specs, text_field: str = "text", max_lines: int | None = None) -
 
 
 class TokenizedCorpus:
-    """Teacher token ids of every text (with the teacher's special tokens), truncated to ``max_length``."""
+    """Token ids of every text (or text pair), with the tokenizer's special tokens, truncated to ``max_length``.
 
-    def __init__(self, tokenizer, texts, max_length: int):
+    ``labels`` (class ids) make it a classification set; ``collate`` then returns them too.
+    """
+
+    def __init__(self, tokenizer, texts, max_length: int, pairs=None, labels=None):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.ids: list[list[int]] = []
+        self.types: list[list[int]] | None = [] if pairs is not None else None
+        self.labels = list(labels) if labels is not None else None
         for start in range(0, len(texts), 2048):
-            enc = tokenizer(list(texts[start:start + 2048]), truncation=True, max_length=max_length)
+            chunk = list(texts[start:start + 2048])
+            if pairs is None:
+                enc = tokenizer(chunk, truncation=True, max_length=max_length)
+            else:
+                enc = tokenizer(chunk, list(pairs[start:start + 2048]), truncation="longest_first",
+                                max_length=max_length, return_token_type_ids=True)
+                self.types.extend(enc["token_type_ids"])
             self.ids.extend(enc["input_ids"])
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def collate(self, indices, id_map: torch.Tensor | None = None) -> dict:
-        """Pad a batch; ``id_map`` (teacher id -> student id) gives the student's ids for the same tokens."""
+        """Pad a batch. ``id_map`` (teacher id -> student id) adds ``student_input_ids`` for the same tokens."""
         rows = [self.ids[i] for i in indices]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -92,8 +103,16 @@ class TokenizedCorpus:
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, : len(row)] = 1
-        batch = {"teacher_input_ids": ids, "attention_mask": mask}
-        batch["student_input_ids"] = id_map[ids] if id_map is not None else ids
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if self.types is not None:
+            types = torch.zeros_like(ids)
+            for r, i in enumerate(indices):
+                types[r, : len(self.types[i])] = torch.tensor(self.types[i])
+            batch["token_type_ids"] = types
+        if self.labels is not None:
+            batch["labels"] = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        if id_map is not None:
+            batch["student_input_ids"] = id_map[ids]
         return batch
 
 

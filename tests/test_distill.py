@@ -40,7 +40,7 @@ def test_teacher_stays_in_eval_mode_and_gets_no_gradients(tiny_teacher, tiny_cor
     student.train()
     d = RelationDistiller(teacher, student)
     ids = torch.randint(0, 1000, (2, 7))
-    batch = {"teacher_input_ids": ids, "student_input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     d.train()
     loss, _ = d(batch)
     loss.backward()

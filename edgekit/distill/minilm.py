@@ -59,7 +59,7 @@ class RelationDistiller(nn.Module):
 
     def teacher_qkv(self, batch):
         with torch.no_grad(), self.teacher_rec:
-            self.teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["attention_mask"])
+            self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.teacher_rec.qkv(self.teacher_layer)
 
     def train(self, mode: bool = True):
@@ -71,7 +71,7 @@ class RelationDistiller(nn.Module):
         mask = batch["attention_mask"]
         t_qkv = self.teacher_qkv(batch)
         with self.student_rec:
-            self.student(input_ids=batch["student_input_ids"], attention_mask=mask)
+            self.student(input_ids=batch.get("student_input_ids", batch["input_ids"]), attention_mask=mask)
         per_layer = {k: self.loss_fn(t_qkv, self.student_rec.qkv(k), mask, self.relation_heads)
                      for k in self.student_layers}
         loss = sum(self.student_layers[k] * v for k, v in per_layer.items())

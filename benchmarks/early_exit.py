@@ -1,0 +1,176 @@
+"""Speed and accuracy by exit layer (M6-Rec section 3.5: "some low-end devices can only afford one or two
+layers while other high-end ones may use more").
+
+    python benchmarks/early_exit.py latency                      # paper shape, random weights
+    python benchmarks/early_exit.py accuracy --model CLASSIFIER_DIR --data TEST.jsonl [--train TRAIN.jsonl]
+
+``latency``: the paper-shape classifier (24 shared layers, hidden 768, 16 heads, E=128, vocabulary
+21,128, 15 labels) on CPU, per exit layer, batch 1 and batch 32, sequence length 64; layers above
+the exit are never computed (``EarlyExitClassifier.predict``). Ratio = full-depth time / exit time.
+
+``accuracy``: accuracy of a fine-tuned early-exit classifier at every exit layer (PNG plot), and
+dynamic exits (PABEE patience, DeeBERT entropy) batched, per example: speedup against full depth
+measured as wall time in the same run, at the accuracy it reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+
+from edgekit.early_exit import EarlyExitClassifier  # noqa: E402
+from edgekit.student import StudentConfig, build_student  # noqa: E402
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best.append(time.perf_counter() - start)
+    best.sort()
+    return best[len(best) // 2]  # median
+
+
+def latency(args) -> dict:
+    torch.manual_seed(0)
+    clf = EarlyExitClassifier.from_student(build_student(StudentConfig(), 21128, pooler=True, seed=0), 15).eval()
+    seq = args.seq
+    rows = []
+    for batch in (1, 32):
+        ids = torch.randint(5, 21128, (batch, seq))
+        mask = torch.ones_like(ids)
+        full = None
+        for k in sorted(set(args.exits + [24]), reverse=True):
+            t = _time(lambda: clf.predict(ids, mask, exit_layer=k), args.repeats if batch == 1 else max(2, args.repeats // 4))
+            full = t if k == 24 else full
+            rows.append({"batch": batch, "exit_layer": k, "ms": round(t * 1000, 2), "speedup_vs_full": round(full / t, 2)})
+    rows.sort(key=lambda r: (r["batch"], r["exit_layer"]))
+    lines = [f"Command: `{' '.join(['python', 'benchmarks/early_exit.py'] + sys.argv[1:])}`  ",
+             f"Date: {datetime.date.today()}; torch {torch.__version__}, {torch.get_num_threads()} threads, seq {seq}, "
+             "paper shape (24 shared layers, hidden 768, 16 heads, E=128, vocab 21,128), PyTorch fp32 eager", "",
+             "| batch | exit layer | latency ms (median) | speedup vs 24 layers |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['batch']} | {r['exit_layer']} | {r['ms']} | {r['speedup_vs_full']}× |" for r in rows]
+    md = "\n".join(lines)
+    print(md)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"command": lines[0], "date": str(datetime.date.today()), "threads": torch.get_num_threads(),
+              "seq": seq, "rows": rows}
+    (RESULTS / "early_exit_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "early_exit_latency.md").write_text(md + "\n")
+    return result
+
+
+def _load_jsonl(path, text_field, label_field, limit=None):
+    texts, labels = [], []
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        if line.strip():
+            obj = json.loads(line)
+            texts.append(obj[text_field])
+            labels.append(obj[label_field])
+            if limit and len(texts) >= limit:
+                break
+    return texts, labels
+
+
+def accuracy(args) -> dict:
+    from transformers import AutoTokenizer
+
+    clf = EarlyExitClassifier.from_pretrained(args.model).eval()
+    tok = AutoTokenizer.from_pretrained(args.model)
+    label2id = {str(k): v for k, v in clf.model.config.label2id.items()}
+    texts, labels = _load_jsonl(args.data, args.text_field, args.label_field, args.limit)
+    y = torch.tensor([label2id[str(v)] for v in labels])
+    enc = tok(texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    depth = clf.depth
+    batches = [(ids[i:i + 32], mask[i:i + 32]) for i in range(0, len(ids), 32)]
+
+    def run_fixed(k):
+        return torch.cat([clf.predict(i, m, exit_layer=k) for i, m in batches])
+
+    per_exit = []
+    for k in range(1, depth + 1):
+        per_exit.append({"exit_layer": k, "accuracy": float((run_fixed(k) == y).float().mean())})
+    full_time = _time(lambda: run_fixed(depth), 2)
+    full_acc = per_exit[-1]["accuracy"]
+    dynamic = []
+    settings = [("patience", {"patience": p}) for p in (1, 2, 3, 4)] + \
+               [("entropy", {"entropy_threshold": e}) for e in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)]
+    for mode, kw in settings:
+        out = [clf.predict_dynamic(i, m, mode=mode, **kw) for i, m in batches]
+        pred = torch.cat([o[0] for o in out])
+        layers = torch.cat([o[1] for o in out]).float()
+        t = _time(lambda: [clf.predict_dynamic(i, m, mode=mode, **kw) for i, m in batches], 2)
+        dynamic.append({"mode": mode, **kw, "accuracy": float((pred == y).float().mean()),
+                        "mean_exit_layer": float(layers.mean()), "speedup_vs_full": round(full_time / t, 2)})
+    ok = [d for d in dynamic if d["accuracy"] >= full_acc - 0.01]
+    best = max(ok, key=lambda d: d["speedup_vs_full"]) if ok else None
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["exit_layer"] for r in per_exit], [100 * r["accuracy"] for r in per_exit], marker="o")
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Accuracy per exit layer: {Path(args.model).name}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "early_exit_accuracy.png", dpi=120)
+    cmd = " ".join(["python", "benchmarks/early_exit.py"] + sys.argv[1:])
+    lines = [f"Command: `{cmd}`  ", f"Date: {datetime.date.today()}; {len(texts)} examples of {args.data}; batch 32", "",
+             "| exit layer | accuracy |", "|---:|---:|"]
+    lines += [f"| {r['exit_layer']} | {100 * r['accuracy']:.2f} |" for r in per_exit]
+    lines += ["", "| dynamic exit | accuracy | mean exit layer | speedup vs full depth (wall, batched) |",
+              "|---|---:|---:|---:|"]
+    for d in dynamic:
+        setting = f"patience {d['patience']}" if d["mode"] == "patience" else f"entropy < {d['entropy_threshold']}"
+        lines.append(f"| {setting} | {100 * d['accuracy']:.2f} | {d['mean_exit_layer']:.2f} | {d['speedup_vs_full']}× |")
+    verdict = (f"best within 1 point of full depth ({100 * full_acc:.2f}): {best['mode']} "
+               f"{best.get('patience', best.get('entropy_threshold'))} at {best['speedup_vs_full']}× "
+               f"({'PASS' if best['speedup_vs_full'] >= 1.5 else 'MISS'} against 1.5×)") if best else "no setting within 1 point"
+    lines += ["", verdict]
+    md = "\n".join(lines)
+    print(md)
+    result = {"command": cmd, "date": str(datetime.date.today()), "per_exit": per_exit, "dynamic": dynamic,
+              "best": best, "full_depth_accuracy": full_acc}
+    (RESULTS / "early_exit_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "early_exit_accuracy.md").write_text(md + "\n")
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--seq", type=int, default=64)
+    lat.add_argument("--exits", type=int, nargs="+", default=[1, 2, 4, 6, 12, 18])
+    lat.add_argument("--repeats", type=int, default=8)
+    acc = sub.add_parser("accuracy")
+    acc.add_argument("--model", required=True)
+    acc.add_argument("--data", required=True)
+    acc.add_argument("--text-field", default="text")
+    acc.add_argument("--label-field", default="label")
+    acc.add_argument("--max-length", type=int, default=64)
+    acc.add_argument("--limit", type=int, default=None)
+    args = p.parse_args()
+    latency(args) if args.what == "latency" else accuracy(args)
+
+
+if __name__ == "__main__":
+    main()

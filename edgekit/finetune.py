@@ -1,0 +1,228 @@
+"""``edgekit finetune``: full fine-tuning on a classification task, all exits trained.
+
+Students (ALBERT) are fine-tuned as ``EarlyExitClassifier``s with the accumulated early-exit loss
+Σ_k 2k/(L(L+1))·CE_k (M6-Rec section 3.5: "the accumulated loss is also used for downstream
+tasks"); other encoders (a teacher as the upper reference) with the usual last-layer loss.
+Evaluation every ``eval_every`` steps and at the end, accuracy per exit; the best checkpoint (by the
+last exit's dev accuracy) is kept and becomes ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekit.checkpoint import check_model_dir, load_config_of, load_tokenizer, read_meta, save_model_dir
+from edgekit.config import load_config, to_dict
+from edgekit.data import ResumableBatches, TokenizedCorpus
+from edgekit.distill import check_run_dir
+from edgekit.errors import UserError
+from edgekit.io import RunDir, read_json, write_json
+from edgekit.tasks import Task, load_task
+from edgekit.train import Trainer, TrainConfig, init_distributed
+
+OTHER_STAGES = ("teacher", "student", "vocab", "distill", "prune", "quantize", "export", "eval", "pipeline", "compare")
+
+
+@dataclass
+class TaskSection:
+    name: str = "tnews"
+    data_dir: str | None = None
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+
+@dataclass
+class FinetuneSection:
+    early_exit: bool = True         # Σ_k 2k/(L(L+1))·CE_k over all exits (students only)
+    eval_every: int = 200
+
+
+@dataclass
+class FinetuneConfig:
+    model: str | None = None
+    task: TaskSection = field(default_factory=TaskSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000, lr=5e-5, save_every=200))
+
+
+def load_finetune_config(recipe=None, overrides: dict | None = None) -> FinetuneConfig:
+    return load_config(FinetuneConfig, recipe, overrides, ignore_sections=OTHER_STAGES)
+
+
+class ClassifierModule(nn.Module):
+    """The training module: forward(batch) -> (loss, metrics). Wraps an early-exit student or any HF classifier."""
+
+    def __init__(self, model: nn.Module, early_exit: bool):
+        super().__init__()
+        self.model = model
+        self.early_exit = early_exit
+        self.is_early_exit = hasattr(model, "predict_dynamic")
+
+    def forward(self, batch):
+        kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if self.is_early_exit:
+            out = self.model(**kw, labels=batch["labels"], early_exit=self.early_exit)
+            return out.loss, {"loss": out.loss.detach(), "last_exit_ce": out.exit_losses[-1].detach()}
+        out = self.model(**kw, labels=batch["labels"])
+        return out.loss, {"loss": out.loss.detach()}
+
+    @torch.no_grad()
+    def exit_logits(self, batch) -> torch.Tensor:
+        """(K, B, C): logits of every exit (students) or (1, B, C)."""
+        kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if self.is_early_exit:
+            return self.model(**kw).logits
+        return self.model(**kw).logits[None]
+
+
+def evaluate(module: ClassifierModule, data: TokenizedCorpus, batch_size: int = 64, device="cpu") -> dict:
+    """Accuracy of every exit on a labelled set."""
+    was = module.training
+    module.eval()
+    correct = None
+    for start in range(0, len(data), batch_size):
+        batch = {k: v.to(device) for k, v in data.collate(range(start, min(start + batch_size, len(data)))).items()}
+        pred = module.exit_logits(batch).argmax(-1)  # (K, B)
+        hits = (pred == batch["labels"][None]).sum(-1)
+        correct = hits if correct is None else correct + hits
+    module.train(was)
+    acc = (correct.float() / len(data)).tolist()
+    return {"accuracy": acc[-1], "accuracy_per_exit": [round(a, 6) for a in acc], "examples": len(data)}
+
+
+class EvalCallback:
+    """Evaluate every ``every`` steps; keep the best checkpoint in ``RUN/best``."""
+
+    def __init__(self, module, dev: TokenizedCorpus, every: int, run: RunDir, save, device, is_main: bool = True):
+        self.module, self.dev, self.every, self.run, self.save, self.device = module, dev, every, run, save, device
+        self.is_main = is_main
+        self.best = -1.0
+        self.best_step = 0
+        self.history: list[dict] = []
+
+    def after_optimizer_step(self, step: int) -> None:
+        if step % self.every == 0:
+            self.evaluate(step)
+
+    def evaluate(self, step: int) -> dict:
+        result = evaluate(self.module, self.dev, device=self.device)
+        result["step"] = step
+        self.history.append(result)
+        if self.is_main:
+            self.run.log_metrics({"step": step, "eval_accuracy": result["accuracy"],
+                                  "eval_accuracy_per_exit": result["accuracy_per_exit"]})
+        if result["accuracy"] > self.best:
+            self.best, self.best_step = result["accuracy"], step
+            if self.is_main:
+                self.save(self.module, self.run.path / "best")
+        return result
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.history = state["best"], state["best_step"], state["history"]
+
+
+def build_classifier(model_dir, task: Task):
+    """An early-exit classifier for ALBERT students, ``AutoModelForSequenceClassification`` otherwise."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = load_config_of(model_dir)
+    id2label = {i: name for i, name in enumerate(task.labels)}
+    label2id = {name: i for i, name in id2label.items()}
+    if config.model_type == "albert":
+        from edgekit.early_exit import EarlyExitClassifier
+        from edgekit.student import load_student
+
+        archs = getattr(config, "architectures", None) or []
+        if "AlbertForSequenceClassification" in archs and config.num_labels == task.num_labels:
+            clf = EarlyExitClassifier.from_pretrained(model_dir)
+        else:
+            clf = EarlyExitClassifier.from_student(load_student(model_dir), task.num_labels)
+        clf.model.config.id2label, clf.model.config.label2id = id2label, label2id
+        return clf
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=task.num_labels,
+                                                              id2label=id2label, label2id=label2id)
+
+
+def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: int | None = None,
+             command: str | None = None) -> dict:
+    """Fine-tune ``cfg.model`` on ``cfg.task``; the best model is written to ``OUT/model``."""
+    out = Path(out)
+    if cfg.model is None:
+        raise UserError("no model given; pass --model DIR (a student from `edgekit distill`/`prune`, or any encoder).")
+    cfg.train.validate()
+    if cfg.finetune.eval_every < 1:
+        raise UserError(f"finetune.eval_every must be at least 1, got {cfg.finetune.eval_every}.")
+    model_dir = check_model_dir(cfg.model)
+    if (out / "model" / "config.json").exists() and not resume:
+        raise UserError(f"'{out}' already holds a fine-tuned model; choose another --out or delete it.")
+    check_run_dir(out, resume)
+    t = cfg.task
+    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field)
+    dist = init_distributed()
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(model_dir)
+    clf = build_classifier(model_dir, task)
+    early = cfg.finetune.early_exit and hasattr(clf, "predict_dynamic")
+    module = ClassifierModule(clf, early)
+
+    def subset(split, limit):
+        n = len(split) if limit is None else min(limit, len(split))
+        return TokenizedCorpus(tokenizer, split.texts[:n], t.max_length, split.pairs[:n] if split.pairs else None,
+                               split.labels[:n])
+
+    train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
+    batches = ResumableBatches(len(train_data), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)
+    run = RunDir(out, command=command or " ".join(sys.argv))
+    run.write_config(to_dict(cfg))
+    source_meta = read_meta(model_dir)
+    meta = {**source_meta, "kind": "classifier", "stage": "finetune", "task": task.name, "labels": task.labels,
+            "label_descriptions": task.descriptions, "finetuned_from": str(Path(model_dir).resolve()),
+            "early_exit": early, "max_length": t.max_length}
+    extra = {}
+    if (Path(model_dir) / "vocab_map.json").exists():
+        extra["vocab_map.json"] = read_json(Path(model_dir) / "vocab_map.json")
+
+    def save(mod, directory):
+        save_model_dir(mod.model, directory, tokenizer, {**meta, "step": trainer.step}, extra_json=extra)
+
+    trainer = Trainer(module, lambda: train_data.collate(batches.next()), batches, cfg.train, run, save_model=save,
+                      dist=dist, desc=f"finetune {task.name}")
+    evaluator = EvalCallback(module, dev_data, cfg.finetune.eval_every, run, save, trainer.device, dist.is_main)
+    trainer.callbacks.append(evaluator)
+    if resume:
+        trainer.resume()
+    start = time.perf_counter()
+    outcome = trainer.train(stop_after_step=stop_after_step)
+    if outcome["interrupted"]:
+        return {"interrupted": True, "step": outcome["step"], "run_dir": str(out)}
+    if cfg.train.max_steps % cfg.finetune.eval_every:
+        evaluator.evaluate(trainer.step)
+    best_dir = out / "best"
+    from edgekit.io import atomic_dir
+
+    with atomic_dir(out / "model") as tmp:
+        shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
+    best = max(evaluator.history, key=lambda r: r["accuracy"])
+    results = {
+        "stage": "finetune", "task": task.name, "task_note": task.note, "labels": task.num_labels,
+        "train_examples": len(train_data), "dev_examples": len(dev_data), "steps": trainer.step,
+        "early_exit": early, "best_step": evaluator.best_step, "dev_accuracy": best["accuracy"],
+        "dev_accuracy_per_exit": best["accuracy_per_exit"], "history": evaluator.history,
+        "seconds": round(time.perf_counter() - start, 1), "model_dir": str(out / "model"),
+    }
+    run.write_results(results)
+    return results
