@@ -132,6 +132,22 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _other_cpu_probe():
+    """Start a probe; calling the result gives the CPUs other processes used since (from /proc/stat)."""
+    start, own0, t0 = _cpu_busy_jiffies(), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+
+    def done():
+        end, own1 = _cpu_busy_jiffies(), resource.getrusage(resource.RUSAGE_SELF)
+        wall = time.perf_counter() - t0
+        if start is None or end is None or wall <= 0:
+            return None
+        busy = (end[0] - start[0]) / os.sysconf("SC_CLK_TCK")
+        own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+        return round(max(0.0, busy - own) / wall, 2)
+
+    return done
+
+
 # --- data -----------------------------------------------------------------------------------
 
 class Cycle:
@@ -413,6 +429,7 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
     bi = 0
     for r in range(plan["rounds"]):
         rt, rs, rstep = [], [], []
+        probe = _other_cpu_probe()
         for _ in range(plan["per_round"]):
             b = batches[bi % len(batches)]
             bi += 1
@@ -434,10 +451,13 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
         res["student_fb"] += rs
         res["step"] += rstep
         ratio = statistics.median(rstep) / (statistics.median(rt) + statistics.median(rs))
+        other = probe()
         rounds.append({"teacher_s": [round(x, 4) for x in rt], "student_fb_s": [round(x, 4) for x in rs],
-                       "step_s": [round(x, 4) for x in rstep], "overhead": round(ratio, 3)})
+                       "step_s": [round(x, 4) for x in rstep], "overhead": round(ratio, 3),
+                       "other_processes_cpus": other})
         log(f"{name}: round {r + 1}/{plan['rounds']}: teacher {statistics.median(rt):.3f}s, student f+b "
-            f"{statistics.median(rs):.3f}s, step {statistics.median(rstep):.3f}s, overhead {ratio:.3f}")
+            f"{statistics.median(rs):.3f}s, step {statistics.median(rstep):.3f}s, overhead {ratio:.3f} "
+            f"(other processes: {other} CPUs)")
 
     # instrumented replica of the Trainer's step (same distiller, optimizer and scheduler)
     phases = {k: [] for k in ("teacher_forward", "student_forward_with_hooks", "relation_loss_forward",
@@ -679,7 +699,8 @@ def markdown(result: dict) -> str:
                   f"{c['student_fwd_bwd_s']['n']} student forward+backward passes in {c['plan']['rounds']} interleaved "
                   f"rounds after {c['plan']['warmup']} warm-up iterations of each; ranges: step {spread(c['step_s'])}, "
                   f"teacher {spread(c['teacher_forward_s'])}, student {spread(c['student_fwd_bwd_s'])}; overhead per "
-                  f"round {c['overhead_per_round']}; from the fastest iteration of each "
+                  f"round {c['overhead_per_round']} (other processes' CPUs per round "
+                  f"{[r['other_processes_cpus'] for r in c['rounds']]}); from the fastest iteration of each "
                   f"{c['overhead_from_minima']:.3f}." + mem, ""]
         for n in c["notes"]:
             lines += [f"> note: {n}", ""]

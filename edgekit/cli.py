@@ -189,6 +189,60 @@ def quantize(model_dir, out, approach, calibration, eval_files, text_field, labe
                f"texts (max |Δlogit| {a['max_abs_error']:.2e}{accuracy}); pruned zeros kept: {report['zeros']['all_kept']}")
 
 
+@app.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--exit-layer", type=int, help="Fixed budget: exit at layer k (layers above k are never computed).")
+@click.option("--patience", type=int, help="Dynamic exit, PABEE: stop when the prediction repeats this many times.")
+@click.option("--entropy", type=float, help="Dynamic exit, DeeBERT: stop when the prediction entropy is below this.")
+@click.option("--max-length", default=128, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def predict(model_dir, texts, exit_layer, patience, entropy, max_length, as_json):
+    """Classify TEXTS with a fine-tuned student, at a fixed or a dynamic exit, per example."""
+    from edgekit.early_exit import predict_texts
+
+    rows = predict_texts(model_dir, list(texts), exit_layer=exit_layer, patience=patience, entropy=entropy,
+                         max_length=max_length)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['label']}\t(exit layer {r['exit_layer']}, p={r['score']:.3f})\t{r['text']}")
+
+
+@app.command("export")
+@click.argument("model_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default="onnx", show_default=True,
+              help="Graph format of the bundle.")
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--int8", is_flag=True, help="8-bit weights (dynamic; calibrated activations with --calibration).")
+@click.option("--exit-layer", type=int, help="Compute exactly k layers (a fixed bundle); default: every exit.")
+@click.option("--max-length", type=int, help="Longest input in tokens (default: the model's positions; 128 for TFLite).")
+@click.option("--calibration", multiple=True, help="Text file(s) (plain or JSON lines) for static int8 ranges.")
+@click.option("--samples", multiple=True, help="Text file(s) for the parity check (default: calibration texts, else generated).")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines files.")
+@click.option("--pack", is_flag=True, help="Also write BUNDLE.edgepack, the small download edgekit_device.unpack restores.")
+@click.option("--min-agreement", type=float, help="Argmax agreement with PyTorch every exit must reach (default 0.99).")
+def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, samples, text_field, pack, min_agreement):
+    """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch."""
+    from edgekit.data import read_corpus
+    from edgekit.export import export_model, packed_path
+
+    calibration_texts = read_corpus(list(calibration), text_field, 256) if calibration else None
+    sample_texts = read_corpus(list(samples), text_field, 64) if samples else None
+    path = export_model(model_dir, out, format=fmt, int8=int8, exit_layer=exit_layer, max_length=max_length,
+                        sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
+                        min_agreement=min_agreement)
+    m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
+    exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
+    click.echo(f"wrote {path}: {m['format']} {m['precision']} {m['layout']} ({exits}), {sizes['dense_bytes']:,} bytes "
+               f"(gzip {sizes['gzip_bytes']:,}); parity on {parity['samples']} {parity['source']} inputs: agreement "
+               f"{parity['agreement']:.1%}, max |Δlogit| {parity['max_abs_diff']:.2g}")
+    if pack:
+        click.echo(f"packed: {packed_path(path)} ({packed_path(path).stat().st_size:,} bytes)")
+
+
 @app.group()
 def vocab():
     """Vocabulary tools."""

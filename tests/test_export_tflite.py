@@ -30,6 +30,14 @@ N = 48  # test examples
 FOLDED = ("model.albert.embeddings.position_embeddings.weight", "model.albert.embeddings.token_type_embeddings.weight")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices; a shared 2-core machine makes a second thread a cost
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def classifier():
     model = EarlyExitClassifier.from_student(
@@ -135,9 +143,9 @@ def test_dynamic_int8_agrees_with_torch(exports, data, name):
 def test_full_int8_agrees_with_torch(exports, data, name):
     for k, value in tflite_logits(exports[name], data["ids"], data["mask"]).items():
         a = agreement(data["reference"][k - 1], value)
-        # int8 activations everywhere (LayerNorm included) on near-zero logits: looser, measured
-        # argmax >= 0.9 and centred cosine >= 0.9 (per-layer shares one scale across depths)
-        assert a["argmax_agreement"] >= 0.8 and a["cosine"] >= 0.8 and a["max_abs_error"] < 0.05, (k, a)
+        # int8 activations everywhere (LayerNorm included): measured argmax 1.0, centred cosine
+        # >= 0.994, max |Δ| <= 0.017 (per-layer exit 1: the head shares one input scale across depths)
+        assert a["argmax_agreement"] >= 0.95 and a["cosine"] >= 0.98 and a["max_abs_error"] < 0.03, (k, a)
 
 
 def test_int8_exports_store_int8_weights_and_are_smaller(exports):

@@ -61,11 +61,17 @@ def _inc():
     return inc
 
 
+def _batch_dim():
+    """Inputs (input_ids, attention_mask) with a free batch dimension; the length stays static."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return ({0: batch}, {0: batch})
+
+
 def _export(module: nn.Module, example_inputs: tuple):
     from neural_compressor.torch.export import export
 
     _inc()
-    exported = export(module.eval(), example_inputs)
+    exported = export(module.eval(), example_inputs, dynamic_shapes=_batch_dim())
     if exported is None:  # INC logs the torch.export error and returns None
         raise RuntimeError("torch.export could not capture the classifier for INC; see the log above")
     return exported
@@ -88,8 +94,9 @@ def quantize_classifier(model, approach: str, calibration: Sequence[tuple[torch.
                         tolerable_loss: float = 0.01, max_trials: int = 8) -> nn.Module:
     """An int8 graph module computing ``ExitLogits(model, exit_layer)``.
 
-    ``calibration``: (input_ids, attention_mask) batches, all of the shape the module is exported
-    with (the first batch); static quantization calibrates on all of them, dynamic runs the first.
+    ``calibration``: (input_ids, attention_mask) batches of one sequence length, the module's
+    static length (the batch dimension stays free; the first batch, of at least 2 rows, is the
+    example export traces with). Static quantization calibrates on all of them, dynamic runs the first.
     ``eval_fn(module) -> score`` (higher is better) switches on INC's ``autotune``.
     """
     if approach not in APPROACHES:
@@ -160,10 +167,10 @@ def weight_zero_masks(quantized: nn.Module) -> list[tuple[str, np.ndarray]]:
 # The stage: checkpoint directory in, quantized directory out
 
 
-def _tokenize(tokenizer, texts: Sequence[str], max_length: int, batch_size: int):
+def _tokenize(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32):
     texts = [t for t in texts if t and t.strip()]
     batches = []
-    for i in range(0, len(texts) - len(texts) % batch_size, batch_size):
+    for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True, max_length=max_length,
                         return_tensors="pt")
         batches.append((enc["input_ids"], enc["attention_mask"]))
@@ -181,7 +188,7 @@ def builtin_eval_fn(reference: np.ndarray, batches, labels: np.ndarray | None = 
     target = reference.argmax(-1) if labels is None else np.asarray(labels)
 
     def score(module: nn.Module) -> float:
-        return float((_logits(module, batches).argmax(-1) == target[:len(batches) * batches[0][0].shape[0]]).mean())
+        return float((_logits(module, batches).argmax(-1) == target).mean())
 
     return score
 
@@ -189,7 +196,7 @@ def builtin_eval_fn(reference: np.ndarray, batches, labels: np.ndarray | None = 
 def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_texts: Sequence[str] | None = None,
                      eval_fn: Callable[[nn.Module], float] | str | None = None, eval_texts: Sequence[str] | None = None,
                      eval_labels: Sequence[int] | None = None, exit_layer: int | None = None,
-                     max_length: int = 128, batch_size: int = 1, tolerable_loss: float = 0.01,
+                     max_length: int = 128, tolerable_loss: float = 0.01,
                      max_trials: int = 8) -> dict:
     """Quantize the classifier in ``model_dir`` with INC and write it to ``out_dir``.
 
@@ -203,7 +210,7 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
         eval_texts, eval_labels: the evaluation set of the report (default: the calibration
             texts): argmax agreement, logit errors and, with labels, accuracy of int8 vs fp32.
         exit_layer: the exit the quantized module computes (default: the last layer).
-        max_length, batch_size: the static input shape the module is exported with.
+        max_length: the static sequence length of the int8 module (its batch size is free).
 
     Writes ``quantized_model.pt2`` (a ``torch.export`` program; ``load_quantized`` reads it),
     INC's configuration ``qconfig.json``, the tokenizer, ``config.json``, ``edgekit.json`` and ``quantize.json``
@@ -229,12 +236,13 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
 
         _check_layer("exit_layer", exit_layer, classifier.depth)
 
-    calibration = _tokenize(tokenizer, calibration_texts or [tokenizer.unk_token or "."] * batch_size,
-                            max_length, batch_size)
-    if not calibration:
-        raise UserError(f"calibration needs at least batch_size={batch_size} non-empty texts.")
-    evaluation = _tokenize(tokenizer, eval_texts, max_length, batch_size) if eval_texts else calibration
-    if eval_labels is not None and len(eval_labels) < len(evaluation) * batch_size:
+    # torch.export specializes a batch of 1, so the traced example has two rows.
+    calibration = _tokenize(tokenizer, list(calibration_texts or []) or [tokenizer.unk_token or "."] * 2, max_length)
+    if not calibration or calibration[0][0].shape[0] < 2:
+        raise UserError("calibration needs at least 2 non-empty texts.")
+    evaluation = _tokenize(tokenizer, eval_texts, max_length) if eval_texts else calibration
+    examples = sum(ids.shape[0] for ids, _ in evaluation)
+    if eval_labels is not None and len(eval_labels) < examples:
         raise UserError("there are fewer eval_labels than eval_texts; pass one label per text.")
 
     reference = _logits(ExitLogits(classifier, exit_layer), evaluation)
@@ -258,7 +266,7 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
         "approach": approach,
         "autotune": eval_fn is not None,
         "exit_layer": exit_layer or classifier.depth,
-        "input_shape": [batch_size, max_length],
+        "input_shape": ["batch", max_length],
         "seconds": round(seconds, 2),
         "agreement": agreement(reference, logits, labels),
         "zeros": {"pruned_linear_zeros": zeros.pruned_zeros, "kept": zeros.kept_zeros, "all_kept": zeros.all_kept},
@@ -269,7 +277,8 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
     with atomic_dir(out_dir) as tmp:
         # What INC's PT2E save does, under a .pt2 name torch.export.load accepts without a warning
         # (neural_compressor.torch.quantization.save(model, dir) passes dir as the example inputs).
-        torch.export.save(torch.export.export(quantized, example), str(tmp / QUANTIZED_FILE))
+        program = torch.export.export(quantized, example, dynamic_shapes=_batch_dim())
+        torch.export.save(program, str(tmp / QUANTIZED_FILE))
         write_json(tmp / "qconfig.json", report["qconfig"])
         tokenizer.save_pretrained(tmp)
         classifier.model.config.save_pretrained(tmp)

@@ -219,16 +219,17 @@ def pack(bundle_dir, out_file, codec: str = "xz") -> dict:
         entry = {"name": name, "bytes": len(data), "sha256": _sha256(data)}
         finder = _SEGMENT_FINDERS.get(path.suffix)
         segments = finder(data) if finder else []
-        before = len(payload)
         if segments:
             skeleton, masks, planes = _sparse_parts(data, segments)
             entry.update(encoding="sparse", segments=[list(s) for s in segments],
                          streams={"skeleton": add_stream(skeleton), "masks": add_stream(masks),
                                   **{f"values{size}": add_stream(raw) for size, raw in sorted(planes.items())}})
+            parts = {part: streams[index]["length"] for part, index in entry["streams"].items()}
         else:
             entry.update(encoding="whole", stream=add_stream(data))
+            parts = {"whole": streams[entry["stream"]]["length"]}
         files.append(entry)
-        report[name] = {"bytes": len(data), "packed_bytes": len(payload) - before}
+        report[name] = {"bytes": len(data), "packed_bytes": sum(parts.values()), "parts": parts}
 
     header = json.dumps({"format": FORMAT, "version": VERSION, "files": files, "streams": streams},
                         separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,101 @@
+"""Tasks, fine-tuning with the early-exit loss, and prediction at fixed and dynamic exits."""
+
+import json
+import random
+
+import pytest
+
+from conftest import DATA, VOCAB
+from edgekit.errors import UserError
+from edgekit.tasks import load_task
+from test_cli_errors import assert_clean_error, run_cli
+
+
+def test_clue_loaders_on_real_lines():
+    tnews = load_task("tnews", DATA / "clue" / "tnews")
+    assert tnews.num_labels == 15 and len(tnews.train) == 53360 and len(tnews.dev) == 10000
+    assert set(tnews.dev.labels) == set(range(15))
+    assert tnews.labels[0] == "100" and tnews.descriptions[0] == "news_story"
+    iflytek = load_task("iflytek", DATA / "clue" / "iflytek")
+    assert iflytek.num_labels == 119 and len(iflytek.dev) == 2599 and "not the official" in iflytek.note
+    csl = load_task("csl", DATA / "clue" / "csl")
+    assert csl.num_labels == 2 and len(csl.train) == 2002 and len(csl.dev) == 998
+    assert csl.train.pairs is not None and len(csl.train.pairs[0]) > len(csl.train.texts[0])
+    assert "，" in csl.train.texts[0]  # keywords joined
+
+
+@pytest.fixture()
+def separable(tmp_path):
+    rng = random.Random(0)
+    lines = []
+    for i in range(240):
+        label = i % 2
+        word = "好极了" if label else "糟透了"
+        filler = "".join(rng.choice("今天我们去买东西看电影吃饭") for _ in range(rng.randint(2, 8)))
+        lines.append(json.dumps({"review": f"{filler}{word}{filler}", "y": "pos" if label else "neg"}, ensure_ascii=False))
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    (tmp_path / "dev.jsonl").write_text("\n".join(lines[200:]) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_albert(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    from edgekit.checkpoint import save_model_dir
+    from edgekit.student import StudentConfig, build_student
+
+    tok = BertTokenizer.from_pretrained(VOCAB.parent)
+    model = build_student(StudentConfig(num_layers=3, num_heads=2, hidden_size=32, embedding_size=16,
+                                        intermediate_size=64, max_position_embeddings=64), len(tok), seed=0)
+    out = tmp_path_factory.mktemp("albert") / "student"
+    save_model_dir(model, out, tok, {"kind": "student"})
+    return out
+
+
+def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separable, tmp_path):
+    from edgekit.finetune import finetune, load_finetune_config
+
+    cfg = load_finetune_config(None, {
+        "model": str(tiny_albert),
+        "task": {"name": "jsonl", "data_dir": str(separable), "text_field": "review", "label_field": "y", "max_length": 32},
+        "finetune": {"eval_every": 20},
+        "train": {"max_steps": 60, "batch_size": 16, "lr": 3e-3, "save_every": 30, "log_every": 10, "warmup_ratio": 0.0},
+    })
+    result = finetune(cfg, tmp_path / "ft")
+    assert result["early_exit"] is True and len(result["dev_accuracy_per_exit"]) == 3
+    assert result["dev_accuracy"] >= 0.9, result["history"]
+    model_dir = tmp_path / "ft" / "model"
+    meta = json.loads((model_dir / "edgekit.json").read_text())
+    assert meta["labels"] == ["neg", "pos"] and meta["stage"] == "finetune"
+
+    from edgekit.early_exit import predict_texts
+
+    rows = predict_texts(model_dir, ["今天好极了", "今天糟透了"], exit_layer=3)
+    assert [r["label"] for r in rows] == ["pos", "neg"] and all(r["exit_layer"] == 3 for r in rows)
+    dyn = predict_texts(model_dir, ["今天好极了", "吃饭糟透了看电影"], patience=1)
+    assert all(2 <= r["exit_layer"] <= 3 for r in dyn)
+    proc = run_cli("predict", model_dir, "看电影好极了", "--exit-layer", "9")
+    assert_clean_error(proc, r"exit_layer must be a layer between 1 and the model's depth 3")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nosuch", "--data-dir", "."], r"unknown task 'nosuch'; choose one of"),
+    (["--task", "tnews", "--data-dir", "/nonexistent/dir"], r"data directory '/nonexistent/dir' does not exist"),
+])
+def test_finetune_bad_input(tiny_albert, tmp_path, args, message):
+    assert_clean_error(run_cli("finetune", "--model", tiny_albert, "--out", tmp_path / "ft", *args), message)
+
+
+def test_bad_lines_and_labels(tmp_path):
+    (tmp_path / "train.json").write_text('{"sentence": "a", "label": "100"}\nnot json\n', encoding="utf-8")
+    (tmp_path / "dev.json").write_text('{"sentence": "a", "label": "100"}\n', encoding="utf-8")
+    (tmp_path / "labels.json").write_text('{"label": "100", "label_desc": "x"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"train.json:2 is not valid JSON"):
+        load_task("tnews", tmp_path)
+    (tmp_path / "train.json").write_text('{"sentence": "a", "label": "999"}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"train.json:1 has label '999', which is not in the task's label set"):
+        load_task("tnews", tmp_path)
+    (tmp_path / "train.json").write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"has no examples; an empty split"):
+        load_task("tnews", tmp_path)
