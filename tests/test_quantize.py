@@ -74,7 +74,7 @@ def test_inc_dynamic_agrees_with_fp32_and_keeps_zeros(dynamic):
     assert a["examples"] == 64 and a["argmax_agreement"] >= 0.95 and a["cosine"] >= 0.999
     assert a["max_abs_error"] < 2e-3
     assert report["zeros"]["all_kept"] and report["zeros"]["pruned_linear_zeros"] > 2000
-    assert {"quantized_model.pt2", "quantize.json", "qconfig.json", "edgekit.json", "config.json", "vocab.txt"} \
+    assert {"quantized_model.pt2", "quantize.json", "qconfig.json", "edgekit.json", "config.json", "tokenizer_config.json"} \
         <= {p.name for p in out.iterdir()}
 
 
