@@ -253,16 +253,19 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, sampl
 @click.option("--label-field")
 @click.option("--max-examples", type=int)
 @click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--out", type=click.Path(), help="Also write the result as JSON here.")
+@click.option("--name", help="Display name of this model in `edgekit compare` (default: its path).")
+@click.option("--out", type=click.Path(), help="Also write the result as JSON here (input of `edgekit compare`).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, label_field, max_examples, batch_size,
-             out, as_json):
+             name, out, as_json):
     """Accuracy overall and per exit layer of a fine-tuned checkpoint or an exported bundle."""
     from edgekit.evaluate import evaluate
     from edgekit.io import write_json
 
     result = evaluate(model, task_name, data_dir, split, text_field, text_pair_field, label_field, batch_size,
                       max_examples)
+    if name:
+        result["name"] = name
     if out:
         write_json(out, result)
     if as_json:
@@ -273,6 +276,17 @@ def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, lab
                f"accuracy {100 * result['accuracy']:.2f}%\n  per exit layer: {per_exit}")
     if result["note"]:
         click.echo(f"  note: {result['note']}")
+
+
+@app.command("compare")
+@click.argument("items", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Write compare.md, compare.csv, compare.json and accuracy_vs_size.png here.")
+def compare_cmd(items, out):
+    """Table-7-style comparison of eval results (files from `edgekit eval --out`, or directories of them)."""
+    from edgekit.compare import compare
+
+    summary = compare(items, out)
+    click.echo(summary["markdown"])
 
 
 @app.group()

@@ -76,6 +76,16 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
     assert ev["examples"] == 40 and len(ev["accuracy_per_exit"]) == 3
     assert ev["accuracy_per_exit"] == pytest.approx(result["dev_accuracy_per_exit"], abs=1e-6)
 
+    from edgekit.compare import compare
+    from edgekit.io import write_json
+
+    write_json(tmp_path / "evals" / "eval_student.json", {**ev, "name": "tiny-student"})
+    summary = compare([tmp_path / "evals"], tmp_path / "cmp")
+    assert summary["tasks"] == ["jsonl"] and summary["rows"][0]["model"] == "tiny-student"
+    assert f"{100 * ev['accuracy']:.2f}" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("model,format,parameters")
+    assert (tmp_path / "cmp" / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+
     from edgekit.early_exit import predict_texts
 
     rows = predict_texts(model_dir, ["今天好极了", "今天糟透了"], exit_layer=3)
