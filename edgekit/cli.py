@@ -222,8 +222,11 @@ def predict(model_dir, texts, exit_layer, patience, entropy, max_length, as_json
 @click.option("--samples", multiple=True, help="Text file(s) for the parity check (default: calibration texts, else generated).")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines files.")
 @click.option("--pack", is_flag=True, help="Also write BUNDLE.edgepack, the small download edgekit_device.unpack restores.")
+@click.option("--pack-codec", type=click.Choice(["xz", "zlib"]), default="xz", show_default=True,
+              help="xz: smallest; zlib: read natively by Java (Inflater) and browsers (DecompressionStream).")
 @click.option("--min-agreement", type=float, help="Argmax agreement with PyTorch every exit must reach (default 0.99).")
-def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, samples, text_field, pack, min_agreement):
+def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, samples, text_field, pack, pack_codec,
+           min_agreement):
     """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch."""
     from edgekit.data import read_corpus
     from edgekit.export import export_model, packed_path
@@ -232,7 +235,7 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, sampl
     sample_texts = read_corpus(list(samples), text_field, 64) if samples else None
     path = export_model(model_dir, out, format=fmt, int8=int8, exit_layer=exit_layer, max_length=max_length,
                         sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
-                        min_agreement=min_agreement)
+                        pack_codec=pack_codec, min_agreement=min_agreement)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
     exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
@@ -241,6 +244,35 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, sampl
                f"{parity['agreement']:.1%}, max |Δlogit| {parity['max_abs_diff']:.2g}")
     if pack:
         click.echo(f"packed: {packed_path(path)} ({packed_path(path).stat().st_size:,} bytes)")
+
+
+@app.group()
+def bundle():
+    """Device bundles (export/BUNDLE.md): check one, unpack a packed download."""
+
+
+@bundle.command("check")
+@click.argument("bundle_dir", type=click.Path())
+def bundle_check(bundle_dir):
+    """Validate the manifest and every file's size and sha256."""
+    from edgekit_device import load_bundle
+
+    b = load_bundle(bundle_dir)
+    m = b.manifest
+    click.echo(f"ok: {b.path}: {m['format']} {m['precision']} {m['layout']}, exits {b.exit_layers[0]}..{b.exit_layers[-1]}, "
+               f"{len(m['files'])} files verified")
+
+
+@bundle.command("unpack")
+@click.argument("pack_file", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to restore into.")
+def bundle_unpack(pack_file, out):
+    """Restore a .edgepack into its bundle directory, bit for bit (every sha256 checked)."""
+    from edgekit_device import load_bundle, unpack
+
+    path = unpack(pack_file, out)
+    load_bundle(path)
+    click.echo(f"unpacked {pack_file} into {path}")
 
 
 @app.command("eval")
@@ -290,6 +322,23 @@ def compare_cmd(items, out):
 
 
 @app.group()
+def demo():
+    """Demos of an exported bundle."""
+
+
+@demo.command("web")
+@click.argument("bundle", type=click.Path())
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def demo_web(bundle, port, host):
+    """Serve the browser demo (onnxruntime-web) of the ONNX bundle BUNDLE on a local HTTP server."""
+    from edgekit.demo import serve_web
+
+    serve_web(bundle, port=port, host=host,
+              ready=lambda url: click.echo(f"serving {bundle} at {url} (open it in a browser; Ctrl+C stops)"))
+
+
+@app.group()
 def vocab():
     """Vocabulary tools."""
 
@@ -331,9 +380,11 @@ def info(model_dir, as_json):
 
 def main(argv=None):
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
+    from edgekit_device.errors import BundleError
+
     try:
         app.main(args=argv, prog_name="edgekit", standalone_mode=False)
-    except UserError as e:
+    except (UserError, BundleError) as e:  # BundleError: a bundle the torch-free runtime refuses
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

@@ -57,3 +57,41 @@ def tiny_distill_overrides(teacher: Path, corpus: Path, **train) -> dict:
         "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-3, "save_every": 4, "log_every": 1,
                   "warmup_ratio": 0.0, **train},
     }
+
+
+TINY_CLASSIFIER = {"num_layers": 4, "num_heads": 2, "hidden_size": 32, "embedding_size": 16, "intermediate_size": 64,
+                   "max_position_embeddings": 64}
+
+
+def make_tiny_classifier(path: Path, sparsity: float = 0.5, seed: int = 0) -> Path:
+    """A saved EarlyExitClassifier (4 shared layers, hidden 32, 3 labels) with the bert-base-chinese
+    WordPiece tokenizer, pruned to ``sparsity``. Weights are drawn with std 0.2 (not the usual 0.02)
+    so that different exits and texts predict different classes, as a trained model does."""
+    import torch
+    from transformers import BertTokenizer
+
+    from edgekit.early_exit import EarlyExitClassifier
+    from edgekit.prune import MagnitudePruner
+    from edgekit.student import StudentConfig, build_student
+
+    tok = BertTokenizer.from_pretrained(VOCAB.parent)
+    torch.manual_seed(seed)
+    model = EarlyExitClassifier.from_student(
+        build_student(StudentConfig(**TINY_CLASSIFIER), vocab_size=len(tok), pooler=True, seed=seed), num_labels=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.05)
+    pruner = MagnitudePruner()
+    pruner.prepare(model)
+    pruner.update_masks(sparsity)
+    pruner.squash_mask()
+    model.model.config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+    model.model.config.label2id = {v: k for k, v in model.model.config.id2label.items()}
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return make_tiny_classifier(tmp_path_factory.mktemp("classifier") / "clf")

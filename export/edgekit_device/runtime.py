@@ -127,7 +127,13 @@ class Predictor:
     def _output(self, name: str, feeds: dict) -> np.ndarray:
         return self._run(name, feeds)[self.graphs[name]["outputs"][0]["name"]]
 
+    def _check_length(self, input_ids) -> None:
+        if np.shape(input_ids)[1] > self.bundle.max_length:
+            raise BundleError(f"inputs of {np.shape(input_ids)[1]} tokens are longer than the bundle's max_length "
+                              f"{self.bundle.max_length}; truncate them (Predictor.encode does).")
+
     def _embed(self, input_ids):
+        self._check_length(input_ids)
         return self._output("embed", {"input_ids": input_ids})
 
     def _layer(self, hidden, attention_mask):
@@ -151,6 +157,7 @@ class Predictor:
     def exit_logits(self, input_ids, attention_mask, max_layer: int | None = None) -> np.ndarray:
         """Logits of every exit 1..``max_layer`` (K, B, C); a fixed bundle gives its one exit (1, B, C)."""
         if self.bundle.layout == "fixed":
+            self._check_length(input_ids)
             return self._output("model", {"input_ids": input_ids, "attention_mask": attention_mask})[None]
         max_layer = self._check_exit(max_layer)
         hidden = self._embed(input_ids)
