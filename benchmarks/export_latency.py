@@ -13,11 +13,12 @@ Models (random weights: latency and size do not depend on training):
 Each student format is measured at exits 1, 2, 6 and 24 (``fixed`` graphs computing exactly k
 layers): PyTorch fp32 (``EarlyExitClassifier.predict``), ONNX fp32 and dynamic int8 (edgekit's
 ONNX graphs + onnxruntime.quantization), TFLite fp32, dynamic int8 and full int8 (litert-torch +
-ai-edge-quantizer, calibrated on 8 CLUE TNEWS sentences). Batch 1, one thread everywhere, the same
-input (a sequence of exactly T tokens, T = 64 and 128) for every runtime, median of the runs after
-two warm-up calls, all in one process. With ``--peer-python``, Hugging Face Optimum's ONNX export
-of the same student (full depth) and its ORT dynamic int8 are timed on the same inputs
-(``benchmarks/optimum_peer.py``, which runs in its own environment: see its docstring for why).
+ai-edge-quantizer, full int8 calibrated on 8 CLUE TNEWS sentences). Batch 1, one thread
+everywhere, the same input (a sequence of exactly T tokens, T = 64 and 128) for every runtime, all
+in one process: everything is converted first, then timed in interleaved rounds (``_measure``),
+reporting CPU and wall time. With ``--peer-python``, Hugging Face Optimum's ONNX export of the same
+student (full depth) and its ORT dynamic int8 are timed alongside (``benchmarks/optimum_peer.py``
+exports them in its own environment: see its docstring for why).
 """
 
 from __future__ import annotations
@@ -45,22 +46,35 @@ sys.path.insert(0, str(ROOT / "tests"))
 from edgekit.early_exit import EarlyExitClassifier  # noqa: E402
 from edgekit.export.tflite import TFLiteGraph, calibration_inputs_from_texts, export_tflite  # noqa: E402
 from edgekit.prune import MagnitudePruner  # noqa: E402
+from edgekit.quantize import quantize_tflite  # noqa: E402
 from edgekit.student import StudentConfig, build_student  # noqa: E402
 
 VOCAB = ROOT.parent / "shared" / "data" / "vocab" / "bert-base-chinese"
-EXITS, LENGTHS, RUNS = (1, 2, 6, 24), (64, 128), 7
+EXITS, LENGTHS, RUNS = (1, 2, 6, 24), (64, 128), 5
 QUICK_EXITS, QUICK_LENGTHS, QUICK_RUNS = (2, 24), (64,), 3
 
 
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def _measure(runners: dict, rounds: int, warmup: int = 2) -> dict:
+    """Median wall and CPU milliseconds of every runner, measured in interleaved rounds.
+
+    Each round calls every runner once, in an order shuffled per round, so that load from other
+    processes on a shared machine falls on all runners alike instead of on whichever ran during a
+    busy minute. CPU time is the process's: every runtime runs on one thread, so it is the
+    latency an idle core would give.
+    """
+    rng = np.random.default_rng(0)
+    names = list(runners)
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    for r in range(warmup + rounds):
+        for i in rng.permutation(len(names)):
+            name = names[i]
+            w, c = time.perf_counter(), time.process_time()
+            runners[name]()
+            if r >= warmup:
+                wall[name].append(time.perf_counter() - w)
+                cpu[name].append(time.process_time() - c)
+    return {n: (statistics.median(wall[n]) * 1000, statistics.median(cpu[n]) * 1000) for n in names}
 
 
 def _student() -> EarlyExitClassifier:
@@ -113,99 +127,106 @@ def _export_onnx(model, exit_layer: int, length: int, work: Path) -> dict[str, P
     return {"fp32": fp32, "int8": Path(int8)}
 
 
-def _row(model: str, fmt: str, precision: str, exit_layer: int, length: int, ms: float, files=(), gz=None,
-         delta=None) -> dict:
-    return {"model": model, "format": fmt, "precision": precision, "exit": exit_layer, "seq": length,
-            "latency_ms": round(ms, 2), "bytes": sum(Path(f).stat().st_size for f in files) if files else None,
-            "gzip_bytes": gz, "max_abs_diff_vs_pytorch": None if delta is None else float(delta)}
-
-
 def run(quick: bool, peer_python: str | None, work: Path) -> dict:
     from transformers import BertTokenizer
 
     from conftest import clue_sentences
 
-    exits, lengths, runs = (QUICK_EXITS, QUICK_LENGTHS, QUICK_RUNS) if quick else (EXITS, LENGTHS, RUNS)
+    exits, lengths, rounds = (QUICK_EXITS, QUICK_LENGTHS, QUICK_RUNS) if quick else (EXITS, LENGTHS, RUNS)
     torch.set_num_threads(1)
     student = _student()
+    teacher = _teacher()
     tokenizer = BertTokenizer.from_pretrained(VOCAB)
     calibration_texts = clue_sentences(8)
-    rows = []
     started = time.time()
 
-    teacher = _teacher()
-    for length in lengths:
-        ids, mask = (torch.from_numpy(a) for a in _inputs(length))
-        with torch.no_grad():
-            ms = _median_ms(lambda: teacher(input_ids=ids, attention_mask=mask), max(3, runs // 2))
-        rows.append(_row("teacher (BERT-large shape)", "pytorch", "fp32", 24, length, ms))
-        print(f"teacher T={length}: {ms:.1f} ms", flush=True)
-    teacher_bytes = sum(p.numel() * 4 for p in teacher.parameters())
-    del teacher
-
+    # 1. convert everything; a runner is a no-argument call of one runtime on the timed input
+    runners, rows = {}, {}
+    logit_scale = 0.0
+    peer = _peer(student, peer_python, work) if peer_python else None
     for length in lengths:
         np_ids, np_mask = _inputs(length)
         ids, mask = torch.from_numpy(np_ids), torch.from_numpy(np_mask)
+        feeds32 = {"input_ids": np_ids.astype(np.int32), "attention_mask": np_mask.astype(np.int32)}
         calibration = calibration_inputs_from_texts(tokenizer, calibration_texts, length)
+
+        def teacher_call(ids=ids, mask=mask):
+            with torch.no_grad():
+                teacher(input_ids=ids, attention_mask=mask)
+
+        key = ("teacher (BERT-large shape)", "pytorch", "fp32", 24, length)
+        runners[key], rows[key] = teacher_call, {}
         for k in exits:
             with torch.no_grad():
                 reference = student(ids, mask, exit_layer=k).logits[-1].numpy()
-                ms = _median_ms(lambda: student.predict(ids, mask, exit_layer=k), runs)
-            rows.append(_row("student 80% pruned", "pytorch", "fp32", k, length, ms))
+            logit_scale = max(logit_scale, float(np.abs(reference).max()))
+            key = ("student 80% pruned", "pytorch", "fp32", k, length)
+            runners[key] = lambda ids=ids, mask=mask, k=k: student.predict(ids, mask, exit_layer=k)
+            rows[key] = {}
 
             for precision, path in _export_onnx(student, k, length, work).items():
                 session = _onnx_session(path)
                 feeds = {"input_ids": np_ids, "attention_mask": np_mask}
-                delta = np.abs(session.run(None, feeds)[0] - reference).max()
-                ms = _median_ms(lambda: session.run(None, feeds), runs)
-                gz = _gzip_bytes([path]) if k == exits[-1] else None
-                rows.append(_row("student 80% pruned", "onnx", precision, k, length, ms, [path], gz, delta))
+                key = ("student 80% pruned", "onnx", precision, k, length)
+                runners[key] = lambda session=session, feeds=feeds: session.run(None, feeds)
+                rows[key] = {"files": [path], "gzip": k == exits[-1],
+                             "delta": np.abs(session.run(None, feeds)[0] - reference).max()}
 
-            for precision, int8 in (("fp32", None), ("int8-dynamic", "dynamic"), ("int8-full", "full")):
-                export = export_tflite(student, work / f"tflite-{precision}-k{k}-t{length}", exit_layer=k,
-                                       max_length=length, int8=int8, calibration_inputs=calibration)
-                graph = TFLiteGraph(export.files[0], num_threads=1)
-                feeds = {"input_ids": np_ids.astype(np.int32), "attention_mask": np_mask.astype(np.int32)}
-                delta = np.abs(graph(**feeds)["logits"] - reference).max()
-                ms = _median_ms(lambda: graph(**feeds), runs)
-                gz = _gzip_bytes(export.files) if k == exits[-1] else None
-                rows.append(_row("student 80% pruned", "tflite", precision, k, length, ms, export.files, gz, delta))
-            print(f"student T={length} k={k}: " + ", ".join(
-                f"{r['format']} {r['precision']} {r['latency_ms']:.1f}" for r in rows[-6:]), flush=True)
+            fp32 = export_tflite(student, work / f"tflite-fp32-k{k}-t{length}", exit_layer=k, max_length=length)
+            dynamic = work / f"tflite-int8-dynamic-k{k}-t{length}.tflite"  # what int8="dynamic" would convert again
+            dynamic.write_bytes(quantize_tflite(fp32.files[0].read_bytes(), "dynamic"))
+            full = export_tflite(student, work / f"tflite-full-k{k}-t{length}", exit_layer=k, max_length=length,
+                                 int8="full", calibration_inputs=calibration)
+            for precision, path in (("fp32", fp32.files[0]), ("int8-dynamic", dynamic), ("int8-full", full.files[0])):
+                graph = TFLiteGraph(path, num_threads=1)
+                key = ("student 80% pruned", "tflite", precision, k, length)
+                runners[key] = lambda graph=graph, feeds32=feeds32: graph(**feeds32)
+                rows[key] = {"files": [path], "gzip": k == exits[-1],
+                             "delta": np.abs(graph(**feeds32)["logits"] - reference).max()}
+            print(f"converted T={length} k={k} ({time.time() - started:.0f} s)", flush=True)
 
-    peer = None
-    if peer_python:
-        peer = _peer(student, peer_python, lengths, runs, work)
-        for key, ms in peer["latency_ms"].items():
-            precision, length = key.split("@")
-            rows.append(_row("student 80% pruned", "optimum-onnx", precision, 24, int(length), ms,
-                             gz=None, delta=peer["max_abs_diff_vs_pytorch"].get(key)))
-            rows[-1]["bytes"] = peer["bytes"][precision]
+        if peer:
+            with torch.no_grad():
+                reference = student(ids, mask).logits[-1].numpy()
+            for precision, path in peer["files"].items():
+                session = _onnx_session(path)
+                names = {i.name for i in session.get_inputs()}
+                feeds = {n: v for n, v in {"input_ids": np_ids, "attention_mask": np_mask,
+                                           "token_type_ids": np.zeros_like(np_ids)}.items() if n in names}
+                key = ("student 80% pruned", "optimum-onnx", precision, 24, length)
+                runners[key] = lambda session=session, feeds=feeds: session.run(None, feeds)
+                rows[key] = {"files": [Path(path)], "gzip": True,
+                             "delta": np.abs(session.run(None, feeds)[0] - reference).max()}
 
-    return {"rows": rows, "peer": peer, "teacher_fp32_bytes": teacher_bytes, "exits": list(exits),
-            "lengths": list(lengths), "runs": runs, "seconds": round(time.time() - started, 1)}
+    # 2. time everything in interleaved rounds
+    measured_at = time.time()
+    timings = _measure(runners, rounds)
+    print(f"timed {len(runners)} runners x {rounds} rounds in {time.time() - measured_at:.0f} s", flush=True)
+    out = []
+    for key, (wall_ms, cpu_ms) in timings.items():
+        model, fmt, precision, k, length = key
+        info = rows[key]
+        files = info.get("files") or []
+        out.append({"model": model, "format": fmt, "precision": precision, "exit": k, "seq": length,
+                    "latency_ms": round(wall_ms, 2), "cpu_ms": round(cpu_ms, 2),
+                    "bytes": sum(Path(f).stat().st_size for f in files) if files else None,
+                    "gzip_bytes": _gzip_bytes(files) if info.get("gzip") else None,
+                    "max_abs_diff_vs_pytorch": None if "delta" not in info else float(info["delta"])})
+    teacher_bytes = sum(p.numel() * 4 for p in teacher.parameters())
+    return {"rows": out, "peer": peer, "teacher_fp32_bytes": teacher_bytes, "logit_scale": logit_scale,
+            "exits": list(exits), "lengths": list(lengths), "runs": rounds,
+            "seconds": round(time.time() - started, 1)}
 
 
-def _peer(student, python: str, lengths, runs: int, work: Path) -> dict:
+def _peer(student, python: str, work: Path) -> dict:
     model_dir = work / "student-hf"
     student.save_pretrained(model_dir)
-    inputs = work / "inputs.npz"
-    np.savez(inputs, **{f"{name}_{t}": a for t in lengths for name, a in zip(("ids", "mask"), _inputs(t))})
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([python, str(ROOT / "benchmarks" / "optimum_peer.py"), str(model_dir), str(work / "optimum"),
-                             str(inputs), str(runs)], capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run([python, str(ROOT / "benchmarks" / "optimum_peer.py"), str(model_dir), str(work / "optimum")],
+                            capture_output=True, text=True, env=env, timeout=900)
     if result.returncode:
         raise RuntimeError(f"the Optimum peer failed:\n{result.stderr[-3000:]}")
-    peer = json.loads(result.stdout.strip().splitlines()[-1])
-    deltas = {}
-    for key, logits in peer.pop("logits").items():
-        length = int(key.split("@")[1])
-        ids, mask = (torch.from_numpy(a) for a in _inputs(length))
-        with torch.no_grad():
-            reference = student(ids, mask).logits[-1].numpy()
-        deltas[key] = float(np.abs(np.asarray(logits) - reference).max())
-    peer["max_abs_diff_vs_pytorch"] = deltas
-    return peer
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,30 +238,29 @@ def _find(rows, **match):
 
 
 def ratios(result: dict) -> list[dict]:
+    """The targets: teacher vs int8 exit@2 (>= 40x) and fp32 vs int8 of the same model at full depth (>= 2x)."""
     rows, out = result["rows"], []
+    teacher_model, student_model = "teacher (BERT-large shape)", "student 80% pruned"
+    pairs = []
     for length in result["lengths"]:
-        teacher = _find(rows, format="pytorch", model="teacher (BERT-large shape)", seq=length)
+        teacher = _find(rows, model=teacher_model, seq=length)
         for precision in ("int8-dynamic", "int8-full"):
-            exit2 = _find(rows, format="tflite", precision=precision, exit=2, seq=length)
-            if teacher and exit2:
-                value = teacher["latency_ms"] / exit2["latency_ms"]
-                out.append({"ratio": f"teacher PyTorch fp32 / TFLite {precision} exit@2", "seq": length,
-                            "value": round(value, 1), "target": 40, "pass": value >= 40})
+            pairs.append((f"teacher PyTorch fp32 / TFLite {precision} exit@2", length, 40, teacher,
+                          _find(rows, format="tflite", precision=precision, exit=2, seq=length)))
         for fmt, fp32, int8 in (("tflite", "fp32", "int8-dynamic"), ("tflite", "fp32", "int8-full"),
-                                ("onnx", "fp32", "int8")):
-            a = _find(rows, format=fmt, precision=fp32, exit=24, seq=length)
-            b = _find(rows, format=fmt, precision=int8, exit=24, seq=length)
-            if a and b:
-                value = a["latency_ms"] / b["latency_ms"]
-                out.append({"ratio": f"{fmt} fp32 / {fmt} {int8}, full depth", "seq": length, "value": round(value, 2),
-                            "target": 2, "pass": value >= 2})
-        a = _find(rows, format="pytorch", precision="fp32", exit=24, seq=length, model="student 80% pruned")
+                                ("onnx", "fp32", "int8"), ("optimum-onnx", "fp32", "int8")):
+            pairs.append((f"{fmt} fp32 / {fmt} {int8}, full depth", length, 2,
+                          _find(rows, format=fmt, precision=fp32, exit=24, seq=length),
+                          _find(rows, format=fmt, precision=int8, exit=24, seq=length)))
         for precision in ("int8-dynamic", "int8-full"):
-            b = _find(rows, format="tflite", precision=precision, exit=24, seq=length)
-            if a and b:
-                value = a["latency_ms"] / b["latency_ms"]
-                out.append({"ratio": f"student PyTorch fp32 / TFLite {precision}, full depth", "seq": length,
-                            "value": round(value, 2), "target": 2, "pass": value >= 2})
+            pairs.append((f"student PyTorch fp32 / TFLite {precision}, full depth", length, 2,
+                          _find(rows, model=student_model, format="pytorch", exit=24, seq=length),
+                          _find(rows, format="tflite", precision=precision, exit=24, seq=length)))
+    for name, length, target, a, b in pairs:
+        if a and b:
+            cpu, wall = a["cpu_ms"] / b["cpu_ms"], a["latency_ms"] / b["latency_ms"]
+            out.append({"ratio": name, "seq": length, "cpu": round(cpu, 2), "wall": round(wall, 2), "target": target,
+                        "pass": cpu >= target and wall >= target})
     return out
 
 
@@ -248,16 +268,22 @@ def markdown(result: dict, command: str) -> str:
     rows = result["rows"]
     mb = lambda b: "" if b is None else f"{b / 1e6:.1f}"  # noqa: E731
     lines = [f"Command: `{command}`  ", f"Date: {result['date']}  ",
-             f"Machine: {result['machine']}; batch 1, 1 thread, median of {result['runs']} runs after 2 warm-ups; "
-             f"load average {result['load_before']} before, {result['load_after']} after (a shared machine)  ",
+             f"Machine: {result['machine']}, shared with other jobs (load average {result['load_before']} before, "
+             f"{result['load_after']} after); batch 1, one thread everywhere  ",
              f"Versions: {result['versions']}", "",
-             "Student: 24 shared layers, hidden 768, 16 heads, E=128, vocabulary 21,128, 15 labels, pruned to 80%. "
-             "Teacher: BERT-large shape (24 layers, hidden 1024, 16 heads, FFN 4096), fp32. "
-             "`fixed` exports: a graph computing exactly k layers. Sizes are the graph files; gzip (level 6) shows "
-             "what pruning saves on the wire (dense formats store zeros).", ""]
+             "Student: 24 shared layers, hidden 768, 16 heads, E=128, vocabulary 21,128, 15 labels, every embedding and "
+             "linear weight pruned to 80%. Teacher: BERT-large shape (24 layers, hidden 1024, 16 heads, FFN 4096), fp32, "
+             "full depth. Student graphs are `fixed` exports computing exactly k layers.", "",
+             f"Cells: **CPU ms** (wall ms), medians of {result['runs']} interleaved rounds after 2 warm-up rounds: every "
+             "round runs every runtime once in a shuffled order, so load from other jobs hits all of them alike. "
+             "CPU time is the process's CPU time per call; each runtime runs on one thread, so it is what an idle "
+             "core gives; wall time includes waiting for a core on this shared machine.", "",
+             "Sizes are the graph files; gzip (level 6) shows what pruning saves in a download (dense formats store "
+             "zeros). The last column compares each runtime's logits with PyTorch fp32 on the timed input; the random "
+             f"student's logits have |x| ≤ {result['logit_scale']:.2f}.", ""]
     for length in result["lengths"]:
         lines += [f"### T = {length}", "", "| model | format | precision | " +
-                  " | ".join(f"exit {k} ms" for k in result["exits"]) + " | MB | gzip MB | max abs Δlogit vs PyTorch |",
+                  " | ".join(f"exit {k}" for k in result["exits"]) + " | MB | gzip MB | max abs Δlogit |",
                   "|---|---|---|" + "---:|" * len(result["exits"]) + "---:|---:|---:|"]
         keys = []
         for r in rows:
@@ -267,7 +293,7 @@ def markdown(result: dict, command: str) -> str:
             cells, size, gz, delta = [], None, None, []
             for k in result["exits"]:
                 r = _find(rows, model=model, format=fmt, precision=precision, exit=k, seq=length)
-                cells.append("" if r is None else f"{r['latency_ms']:.1f}")
+                cells.append("" if r is None else f"**{r['cpu_ms']:.1f}** ({r['latency_ms']:.1f})")
                 if r is not None:
                     size = r["bytes"] if r["bytes"] is not None else size
                     gz = r["gzip_bytes"] if r["gzip_bytes"] is not None else gz
@@ -276,16 +302,18 @@ def markdown(result: dict, command: str) -> str:
             lines.append(f"| {model} | {fmt} | {precision} | " + " | ".join(cells) +
                          f" | {mb(size)} | {mb(gz)} | {'' if not delta else f'{max(delta):.1e}'} |")
         lines.append("")
-    lines += ["Teacher fp32 weights: " + f"{result['teacher_fp32_bytes'] / 1e6:.0f} MB.", "", "### Ratios", "",
-              "| ratio | T | value | target | |", "|---|---:|---:|---:|---|"]
+    lines += [f"Teacher fp32 weights: {result['teacher_fp32_bytes'] / 1e6:.0f} MB.", "", "### Ratios", "",
+              "| ratio | T | CPU | wall | target | |", "|---|---:|---:|---:|---:|---|"]
     for r in result["ratios"]:
-        lines.append(f"| {r['ratio']} | {r['seq']} | {r['value']} | ≥ {r['target']} | {'PASS' if r['pass'] else 'MISS'} |")
+        lines.append(f"| {r['ratio']} | {r['seq']} | {r['cpu']} | {r['wall']} | ≥ {r['target']} | "
+                     f"{'PASS' if r['pass'] else 'MISS'} |")
     if result.get("peer"):
         p = result["peer"]
-        lines += ["", f"Peer: Hugging Face Optimum {p['versions']} (`optimum.exporters.onnx.main_export` + "
-                  "`ORTQuantizer`, `AutoQuantizationConfig.avx512_vnni(is_static=False)`), full depth only "
-                  f"(it exports the whole model; no early exit), export took {p['export_seconds']} s. Rows "
-                  "`optimum-onnx` above."]
+        lines += ["", f"Peer: Hugging Face Optimum ({', '.join(f'{k} {v}' for k, v in p['versions'].items())}; in its own "
+                  "virtualenv because optimum-onnx needs transformers < 4.58, see benchmarks/optimum_peer.py): "
+                  "`optimum.exporters.onnx.main_export` + `ORTQuantizer` with "
+                  "`AutoQuantizationConfig.avx512_vnni(is_static=False)`, timed here with the same onnxruntime. "
+                  "Full depth only: it exports the whole model, no early exit."]
     else:
         lines += ["", "Peer: not run (pass `--peer-python`; Optimum's ONNX exporter needs transformers < 4.58, "
                   "see benchmarks/optimum_peer.py)."]

@@ -176,10 +176,12 @@ def make_server(bundle, port: int = 8000, host: str = "127.0.0.1", web_root=None
     try:
         return DemoServer((host, port), bundle.resolve(), manifest, root.resolve(), verbose)
     except socket.gaierror:
-        raise UserError(f"host '{host}' is not an address of this machine; pass --host 127.0.0.1.") from None
+        raise UserError(f"host '{host}' cannot be resolved to an address; pass --host 127.0.0.1 "
+                        "(or another address of this machine).") from None
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise UserError(f"port {port} on {host} is in use; pass --port with another port (0 picks a free one).") from None
+            raise UserError(f"port {port} on {host} is in use; pass --port with another port "
+                            "(0 picks a free one).") from None
         if e.errno in (errno.EACCES, errno.EPERM):
             raise UserError(f"no permission to listen on {host}:{port}; pass a --port above 1023.") from None
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --host or --port.") from None

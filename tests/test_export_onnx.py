@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 
 import edgekit_device
-from conftest import clue_sentences, make_tiny_classifier
+from conftest import clue_sentences
 from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
 from edgekit.export import export_model, packed_path

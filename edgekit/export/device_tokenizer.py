@@ -267,7 +267,7 @@ def _model(node) -> dict:
     raise _unsupported("the model", {"type": kind})
 
 
-def _template(node, token_ids) -> dict:
+def _template(node) -> dict:
     if node is None:
         return {"prefix": [], "suffix": []}
     kind = node.get("type")
@@ -285,7 +285,7 @@ def _template(node, token_ids) -> dict:
     if kind == "Sequence":
         steps = [s for s in node["processors"] if s.get("type") != "ByteLevel"]
         if len(steps) == 1:
-            return _template(steps[0], token_ids)
+            return _template(steps[0])
     raise _unsupported("the post-processor", node)
 
 
@@ -309,7 +309,7 @@ def device_tokenizer_spec(tokenizer) -> dict:
         "version": VERSION,
         "type": model["type"],
         "special": special,
-        "template": _template(backend.get("post_processor"), None),
+        "template": _template(backend.get("post_processor")),
         "added_tokens": added,
         "split_special_tokens": bool(getattr(tokenizer, "split_special_tokens", False)),
         "normalizer": _normalizer_steps(backend.get("normalizer")),

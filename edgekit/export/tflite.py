@@ -53,7 +53,7 @@ LAYOUTS = ("fixed", "per-layer")
 SIGNATURE = "serving_default"
 MASK_VALUE = -1e4
 FULL_INT8_MASK_VALUE = -30.0
-# Calibrating the per-layer graphs feeds hidden states of every depth; a few hundred are plenty.
+# The per-layer graphs calibrate on (text, depth) pairs; a few hundred are plenty.
 MAX_CALIBRATION_SAMPLES = 256
 
 
@@ -190,31 +190,31 @@ def _calibration_batches(calibration_inputs, batch_size: int, max_length: int) -
             for i in range(0, n, batch_size)]
 
 
-def _spread(items: list, limit: int) -> list:
-    if len(items) <= limit:
-        return items
-    step = len(items) / limit
-    return [items[int(i * step)] for i in range(limit)]
-
-
 def _per_layer_calibration(classifier: EarlyExitClassifier, batches: list[dict[str, np.ndarray]],
                            mask_value: float) -> dict:
-    """Calibration feeds of the three per-layer graphs: hidden states of every depth, from torch."""
+    """Calibration feeds of the three per-layer graphs: hidden states of every depth, from torch.
+
+    The shared layer and the head see every depth, so their ranges must cover every depth. Text b
+    keeps the depths d with (b + d) % stride == 0: about ``MAX_CALIBRATION_SAMPLES`` pairs in all.
+    """
     albert = classifier.model.albert
+    stride = max(1, -(-len(batches) * classifier.depth // MAX_CALIBRATION_SAMPLES))
     embed, layer, head = [], [], []
     with torch.no_grad():
-        for feeds in batches:
+        for b, feeds in enumerate(batches):
             ids = torch.from_numpy(feeds["input_ids"])
             mask = torch.from_numpy(feeds["attention_mask"])
             hidden = _embed(albert, ids, None)
             additive = additive_attention_mask(mask, hidden.dtype, mask_value)
             embed.append({"input_ids": feeds["input_ids"]})
             for index in range(classifier.depth):
-                layer.append({"hidden": hidden.numpy(), "attention_mask": feeds["attention_mask"]})
+                keep = (b + index) % stride == 0  # rotating, so that the texts cover every depth
+                if keep:
+                    layer.append({"hidden": hidden.numpy(), "attention_mask": feeds["attention_mask"]})
                 hidden = _layer(albert, index, hidden, additive)
-                head.append({"hidden": hidden.numpy()})
-    return {"embed": embed, "layer": _spread(layer, MAX_CALIBRATION_SAMPLES),
-            "head": _spread(head, MAX_CALIBRATION_SAMPLES)}
+                if keep:
+                    head.append({"hidden": hidden.numpy()})
+    return {"embed": embed, "layer": layer, "head": head}
 
 
 def _io_spec(model: bytes) -> dict:

@@ -1,0 +1,170 @@
+"""The phone app's Java core (android_demo/core) against the Python reference runtime (edgekit_device).
+
+Builds tiny bundles with ``edgekit.export`` (ONNX per-layer and fixed; TFLite per-layer when
+LiteRT is installed), writes golden outputs with ``android_demo/tools/make_goldens.py`` (token ids
+of ~270 texts under a WordPiece and an e5-trimmed Unigram device tokenizer; per-layer logits and
+the reference ``Predictor``'s fixed, patience and entropy decisions), compiles the core and its
+test main with javac and runs it. The Java side cannot run ONNX or TFLite here; it replays the
+recorded logits through its own graph loop, so everything around the model is compared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "android_demo"
+CORE = APP / "core" / "src"
+SHARED = ROOT.parent / "shared"
+VOCAB_DIR = SHARED / "data" / "vocab" / "bert-base-chinese"
+LABELS = ["体育", "财经", "科技"]
+
+sys.path.insert(0, str(APP / "tools"))
+
+needs_jdk = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("java") is None,
+                               reason="javac/java not found: the Android core's JVM tests need a JDK "
+                                      "(e.g. apt-get install openjdk-17-jdk-headless)")
+
+
+def _tflite_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("litert_torch", "ai_edge_litert"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny 4-layer classifier over the bert-base-chinese vocabulary, saved with its tokenizer.
+
+    Its matrices are redrawn with std 0.5 (instead of 0.02): random logits are then large and
+    input-dependent, so predictions and entropies differ across texts and layers and the dynamic
+    exits stop at different layers (with the default init every text gets the same label)."""
+    import torch
+    from transformers import BertTokenizerFast
+
+    from edgekit.early_exit import EarlyExitClassifier
+    from edgekit.student import StudentConfig, build_student
+
+    path = tmp_path_factory.mktemp("android") / "classifier"
+    tokenizer = BertTokenizerFast.from_pretrained(VOCAB_DIR)
+    student = build_student(StudentConfig(num_layers=4, num_heads=2, hidden_size=32, embedding_size=16,
+                                          intermediate_size=64), vocab_size=len(tokenizer), pooler=True, seed=0)
+    classifier = EarlyExitClassifier.from_student(student, num_labels=len(LABELS))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in classifier.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    config = classifier.model.config
+    config.id2label = dict(enumerate(LABELS))
+    config.label2id = {label: i for i, label in enumerate(LABELS)}
+    classifier.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unigram_tokenizer(tmp_path_factory) -> Path:
+    """device_tokenizer.json of the e5-small tokenizer trimmed on TNEWS train sentences (the dev
+    sentences the goldens use then meet pieces that were trimmed away)."""
+    from transformers import AutoTokenizer
+
+    from edgekit.checkpoint import resolve_teacher
+    from edgekit.export.device_tokenizer import device_tokenizer_spec
+    from edgekit.vocab import trim_vocabulary
+    from make_goldens import tnews_sentences
+
+    teacher = AutoTokenizer.from_pretrained(resolve_teacher("e5-small"))
+    trimmed = trim_vocabulary(teacher, tnews_sentences(2000, "train.json")).tokenizer
+    path = tmp_path_factory.mktemp("unigram") / "device_tokenizer.json"
+    path.write_text(json.dumps(device_tokenizer_spec(trimmed), ensure_ascii=False, separators=(",", ":")),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundles(checkpoint, tmp_path_factory) -> dict:
+    import torch
+
+    from edgekit.export import export_model
+    from make_goldens import tnews_sentences
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("bundles")
+    samples = tnews_sentences(48)
+    try:
+        made = {"onnx-per-layer": export_model(checkpoint, out / "onnx", format="onnx", max_length=32,
+                                               sample_texts=samples),
+                "onnx-fixed-2": export_model(checkpoint, out / "onnx-fixed", format="onnx", max_length=32,
+                                             exit_layer=2, sample_texts=samples)}
+        if _tflite_available():
+            made["tflite-per-layer"] = export_model(checkpoint, out / "tflite", format="tflite", max_length=32,
+                                                    sample_texts=samples)
+    finally:
+        torch.set_num_threads(threads)
+    return made
+
+
+@pytest.fixture(scope="module")
+def goldens(bundles, checkpoint, unigram_tokenizer, tmp_path_factory) -> Path:
+    from make_goldens import write_goldens
+
+    wordpiece = bundles["onnx-per-layer"] / "device_tokenizer.json"
+    return write_goldens(tmp_path_factory.mktemp("goldens") / "goldens.json", bundles,
+                         {"wordpiece": wordpiece, "unigram-e5-trimmed": unigram_tokenizer})
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("classes")
+    sources = sorted(str(p) for p in CORE.rglob("*.java"))
+    # --release 8: the core must compile against the Java 8 API, which Android (minSdk 24) provides.
+    result = subprocess.run(["javac", "--release", "8", "-Xlint:all", "-Xlint:-options", "-Werror", "-encoding", "UTF-8",
+                             "-d", str(out), *sources], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"javac failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+def test_core_has_no_android_imports():
+    offenders = [str(p.relative_to(APP)) for p in (CORE / "main").rglob("*.java")
+                 if any(line.startswith(("import android", "import androidx", "import org.json", "import org.tensorflow"))
+                        for line in p.read_text(encoding="utf-8").splitlines())]
+    assert not offenders, f"the core must stay plain Java: {offenders}"
+
+
+@needs_jdk
+def test_java_core_matches_reference_runtime(classes, goldens, bundles):
+    result = subprocess.run(["java", "-cp", str(classes), "io.edgekit.core.GoldenTest", str(goldens)],
+                            capture_output=True, text=True, timeout=300)
+    print(result.stdout)
+    assert result.returncode == 0, f"Java core disagrees with edgekit_device:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    # Every golden group was actually compared.
+    assert "tokenizer wordpiece (wordpiece):" in result.stdout
+    assert "tokenizer unigram-e5-trimmed (unigram):" in result.stdout
+    for name in bundles:
+        assert f"bundle {name} " in result.stdout
+
+
+@needs_jdk
+def test_goldens_exercise_every_exit_rule(goldens):
+    """The golden decisions are not degenerate: dynamic runs stop at more than one layer."""
+    data = json.loads(goldens.read_text(encoding="utf-8"))
+    per_layer = [b for b in data["bundles"] if b["expect"]["layout"] == "per-layer"]
+    assert per_layer
+    for bundle in per_layer:
+        for kind in ("patience", "entropy"):
+            seen = set()
+            for run in bundle["runs"]:
+                if run["kind"] == kind:
+                    seen.update(run["exit_layers_seen"])
+            assert len(seen) > 1, f"{bundle['name']}: every {kind} run exits at the same layer {seen}"
+    for tok in data["tokenizers"]:
+        assert len(tok["cases"]) >= 200
+        assert any(len(c["ids"]) > tok["max_length"] for c in tok["cases"]), "no text exercises truncation"
+        assert any(tok["unk_id"] in c["ids"] for c in tok["cases"]), "no text exercises the unknown id"
