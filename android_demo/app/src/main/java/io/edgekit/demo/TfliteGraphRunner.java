@@ -76,7 +76,7 @@ final class TfliteGraphRunner implements GraphRunner, AutoCloseable {
             for (String name : interpreter.getSignatureOutputs(key)) {
                 org.tensorflow.lite.Tensor slot = interpreter.getOutputTensorFromSignature(name, key);
                 slots.put(name, slot);
-                fetches.put(name, ByteBuffer.allocateDirect(slot.numBytes()).order(ByteOrder.nativeOrder()));
+                fetches.put(name, ByteBuffer.allocateDirect(bytes(slot)).order(ByteOrder.nativeOrder()));
             }
             interpreter.runSignature(feeds, fetches, key);
             Map<String, Tensor> out = new LinkedHashMap<>();
@@ -89,6 +89,17 @@ final class TfliteGraphRunner implements GraphRunner, AutoCloseable {
         }
     }
 
+    /** Bytes of a tensor, from its static shape (known before the signature's tensors are allocated). */
+    private static int bytes(org.tensorflow.lite.Tensor slot) throws BundleException {
+        DataType t = slot.dataType();
+        int size = t == DataType.FLOAT32 || t == DataType.INT32 ? 4 : t == DataType.INT64 ? 8
+                : t == DataType.INT8 || t == DataType.UINT8 ? 1 : 0;
+        if (size == 0) {
+            throw new BundleException("unsupported tensor type " + t + " in the graph.");
+        }
+        return size * slot.numElements();
+    }
+
     private static boolean quantized(org.tensorflow.lite.Tensor slot) {
         DataType t = slot.dataType();
         return (t == DataType.INT8 || t == DataType.UINT8) && slot.quantizationParams().getScale() != 0f;
@@ -99,7 +110,7 @@ final class TfliteGraphRunner implements GraphRunner, AutoCloseable {
             throw new BundleException("input of shape " + Arrays.toString(value.shape) + " does not fit the graph's "
                     + Arrays.toString(slot.shape()) + "; pad or truncate to the bundle's max_length.");
         }
-        ByteBuffer buffer = ByteBuffer.allocateDirect(slot.numBytes()).order(ByteOrder.nativeOrder());
+        ByteBuffer buffer = ByteBuffer.allocateDirect(bytes(slot)).order(ByteOrder.nativeOrder());
         DataType type = slot.dataType();
         float scale = slot.quantizationParams().getScale();
         int zeroPoint = slot.quantizationParams().getZeroPoint();
