@@ -311,7 +311,7 @@ def build_paper(n_batches: int) -> dict:
     batches = []
     for i in range(n_batches):
         rows = ids[i * batch_size:(i + 1) * batch_size]
-        batches.append({"teacher_input_ids": rows, "attention_mask": torch.ones_like(rows),
+        batches.append({"input_ids": rows, "attention_mask": torch.ones_like(rows),
                         "student_input_ids": rows})  # no trimming: 21128 < 50k pieces, identity map
     student = build_student(student_cfg, len(tokenizer), pad_token_id=tokenizer.pad_token_id, seed=recipe.train.seed)
     train = recipe.train

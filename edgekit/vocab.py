@@ -92,7 +92,8 @@ def trim_tokenizer(tokenizer, keep_ids) -> tuple[object, list[int]]:
     new_backend = Tokenizer.from_str(json.dumps(backend))
     specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     trimmed = PreTrainedTokenizerFast(tokenizer_object=new_backend, model_max_length=tokenizer.model_max_length,
-                                      padding_side=tokenizer.padding_side, **specials)
+                                      padding_side=tokenizer.padding_side,
+                                      split_special_tokens=getattr(tokenizer, "split_special_tokens", False), **specials)
     return trimmed, kept
 
 

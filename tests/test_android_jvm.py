@@ -2,10 +2,11 @@
 
 Builds tiny bundles with ``edgekit.export`` (ONNX per-layer and fixed; TFLite per-layer when
 LiteRT is installed), writes golden outputs with ``android_demo/tools/make_goldens.py`` (token ids
-of ~270 texts under a WordPiece and an e5-trimmed Unigram device tokenizer; per-layer logits and
-the reference ``Predictor``'s fixed, patience and entropy decisions), compiles the core and its
-test main with javac and runs it. The Java side cannot run ONNX or TFLite here; it replays the
-recorded logits through its own graph loop, so everything around the model is compared.
+of ~470 texts under a WordPiece, an e5-trimmed Unigram and an extended Unigram device tokenizer;
+per-layer logits and the reference ``Predictor``'s fixed, patience and entropy decisions),
+compiles the core and its test main with javac and runs it. The Java side cannot run ONNX or
+TFLite here; it replays the recorded logits through its own graph loop, so everything around the
+model is compared.
 """
 
 from __future__ import annotations
@@ -88,6 +89,18 @@ def unigram_tokenizer(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def extra_tokenizer(unigram_tokenizer) -> Path:
+    """The trimmed e5 tokenizer with multi-codepoint charsmap keys and an overlapping added token
+    (make_goldens.EXTRA_CHARSMAP, EXTRA_ADDED)."""
+    from make_goldens import with_extra_entries
+
+    spec = with_extra_entries(json.loads(unigram_tokenizer.read_text(encoding="utf-8")))
+    path = unigram_tokenizer.with_name("device_tokenizer_extra.json")
+    path.write_text(json.dumps(spec, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
 def bundles(checkpoint, tmp_path_factory) -> dict:
     import torch
 
@@ -112,12 +125,13 @@ def bundles(checkpoint, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def goldens(bundles, checkpoint, unigram_tokenizer, tmp_path_factory) -> Path:
+def goldens(bundles, unigram_tokenizer, extra_tokenizer, tmp_path_factory) -> Path:
     from make_goldens import write_goldens
 
     wordpiece = bundles["onnx-per-layer"] / "device_tokenizer.json"
     return write_goldens(tmp_path_factory.mktemp("goldens") / "goldens.json", bundles,
-                         {"wordpiece": wordpiece, "unigram-e5-trimmed": unigram_tokenizer})
+                         {"wordpiece": wordpiece, "unigram-e5-trimmed": unigram_tokenizer,
+                          "unigram-extra-entries": extra_tokenizer})
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +139,17 @@ def classes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("classes")
     sources = sorted(str(p) for p in CORE.rglob("*.java"))
     # --release 8: the core must compile against the Java 8 API, which Android (minSdk 24) provides.
-    result = subprocess.run(["javac", "--release", "8", "-Xlint:all", "-Xlint:-options", "-Werror", "-encoding", "UTF-8",
-                             "-d", str(out), *sources], capture_output=True, text=True, timeout=120)
+    command = ["javac", "--release", "8", "-Xlint:all", "-Xlint:-options", "-Werror", "-encoding", "UTF-8",
+               "-d", str(out), *sources]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"javac failed:\n{result.stdout}\n{result.stderr}"
     return out
 
 
 def test_core_has_no_android_imports():
+    banned = ("import android", "import androidx", "import org.json", "import org.tensorflow")
     offenders = [str(p.relative_to(APP)) for p in (CORE / "main").rglob("*.java")
-                 if any(line.startswith(("import android", "import androidx", "import org.json", "import org.tensorflow"))
-                        for line in p.read_text(encoding="utf-8").splitlines())]
+                 if any(line.startswith(banned) for line in p.read_text(encoding="utf-8").splitlines())]
     assert not offenders, f"the core must stay plain Java: {offenders}"
 
 
@@ -143,10 +158,12 @@ def test_java_core_matches_reference_runtime(classes, goldens, bundles):
     result = subprocess.run(["java", "-cp", str(classes), "io.edgekit.core.GoldenTest", str(goldens)],
                             capture_output=True, text=True, timeout=300)
     print(result.stdout)
-    assert result.returncode == 0, f"Java core disagrees with edgekit_device:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"Java core disagrees with edgekit_device:\n{result.stdout[-6000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     # Every golden group was actually compared.
     assert "tokenizer wordpiece (wordpiece):" in result.stdout
     assert "tokenizer unigram-e5-trimmed (unigram):" in result.stdout
+    assert "tokenizer unigram-extra-entries (unigram):" in result.stdout
     for name in bundles:
         assert f"bundle {name} " in result.stdout
 

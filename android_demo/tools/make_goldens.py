@@ -4,7 +4,8 @@ The Java core in ``android_demo/core`` ports ``edgekit_device``'s tokenizer, man
 pre/post-processing and exit rules. It cannot run ONNX or TFLite on the build machine, so the
 tests compare everything around the model against what the reference runtime gives:
 
-- token ids of every text under each device tokenizer file (with and without truncation);
+- token ids of every text (TNEWS and English sentences, probe texts, random strings) under each
+  device tokenizer file, with and without truncation;
 - for each bundle: the manifest facts, the ids the bundle's tokenizer gives, every layer's logits
   (computed by the real bundle through ``edgekit_device``), their entropies, and the predictions
   of ``edgekit_device.Predictor`` for fixed exits and for dynamic exits (patience, entropy).
@@ -47,6 +48,9 @@ TRICKY = [
     "##ing ## # #hashtag @mention",
     "a    b\t\tc\n\nd\r\ne\u3000f\u00a0g\u2003h",
     "x" * 120 + " supercalifragilisticexpialidocious",
+    "y" * 100 + " " + "z" * 101,  # max_input_chars_per_word is 100
+    "\u200b",
+    "[CLS]\u200b[SEP] <s>\u200b</s>",
     "中文English混合mixed文本text，标点。、；：‘’“”",
     "数字12345和小数3.14159以及百分比99%和价格¥1,000",
     "\u200b\u200c\u200d\ufeff zero width and BOM",
@@ -57,7 +61,36 @@ TRICKY = [
     "。",
     "a",
     "，".join(["这是一个很长的句子用来测试截断"] * 12),
+    "café\u0301 noe\u0308l Zoe\u0308 A\u030a\u0301 e\u0301\u0302\u0303 ｅ\u0301 e\u0301\u0301",
 ]
+
+
+# Codepoint ranges the random texts draw from: every kind of character the normalizers, the
+# grapheme rules and the pre-tokenizers treat specially.
+FUZZ_RANGES = [
+    (0x20, 0x7E), (0x00, 0x1F), (0x80, 0xFF), (0x100, 0x24F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF),
+    (0x590, 0x6FF), (0x900, 0x97F), (0x980, 0x9FF), (0xE00, 0xE7F), (0x1100, 0x11FF), (0x2000, 0x206F),
+    (0x20A0, 0x20CF), (0x2100, 0x218F), (0x2460, 0x24FF), (0x3000, 0x303F), (0x3040, 0x30FF), (0x3130, 0x318F),
+    (0x3200, 0x33FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0xFB00, 0xFB4F), (0xFE00, 0xFE0F), (0xFF00, 0xFFEF),
+    (0x1D400, 0x1D7FF), (0x1F1E6, 0x1F1FF), (0x1F300, 0x1F64F), (0x1F3FB, 0x1F3FF), (0x20000, 0x2A6DF),
+    (0x200D, 0x200D), (0x20, 0x20),
+]
+
+
+def fuzz_texts(n: int = 200, seed: int = 0) -> list[str]:
+    """``n`` random strings of 1-24 codepoints drawn from ``FUZZ_RANGES`` (no surrogates: Python,
+    Java and Hugging Face tokenizers cannot all represent them)."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rng.randint(1, 24)):
+            first, last = rng.choice(FUZZ_RANGES)
+            chars.append(chr(rng.randint(first, last)))
+        out.append("".join(chars))
+    return out
 
 
 def tnews_sentences(n: int, split: str = "dev.json") -> list[str]:
@@ -65,19 +98,52 @@ def tnews_sentences(n: int, split: str = "dev.json") -> list[str]:
     return [json.loads(line)["sentence"] for line in lines if line.strip()][:n]
 
 
-def golden_texts(n_zh: int = 200, n_en: int = 40) -> list[str]:
-    """~200 TNEWS sentences, English probe sentences, the export's probe texts and TRICKY."""
+def golden_texts(n_zh: int = 200, n_en: int = 40, n_fuzz: int = 200) -> list[str]:
+    """TNEWS sentences, English probe sentences, the export's probe texts, TRICKY and random strings."""
     from edgekit.export.parity import PROBE_TEXTS
     from edgekit.teachers.e5_reference import english_probe_sentences
 
-    return tnews_sentences(n_zh) + english_probe_sentences(n_en) + list(PROBE_TEXTS) + TRICKY
+    return tnews_sentences(n_zh) + english_probe_sentences(n_en) + list(PROBE_TEXTS) + TRICKY + fuzz_texts(n_fuzz)
 
 
 def tokenizer_golden(name: str, path, texts: list[str], max_length: int = MAX_LENGTH) -> dict:
+    """Ids of ``texts`` (and, for a SentencePiece normalizer, their grapheme clusters in codepoints)."""
+    from edgekit_device.tokenizer import Graphemes
+
     tok = Tokenizer.from_file(path)
+    precompiled = [step for step in tok.spec["normalizer"] if step["type"] == "precompiled"]
+    graphemes = Graphemes(precompiled[0]["graphemes"]) if precompiled else None
+    cases = []
+    for t in texts:
+        case = {"text": t, "ids": tok.encode(t), "truncated": tok.encode(t, max_length)}
+        if graphemes is not None:
+            case["clusters"] = [len(c) for c in graphemes.split(t)]
+        cases.append(case)
     return {"name": name, "file": str(Path(path).resolve()), "type": tok.type, "max_length": max_length,
-            "pad_id": tok.pad_id, "unk_id": tok.unk_id, "num_special": tok.num_special,
-            "cases": [{"text": t, "ids": tok.encode(t), "truncated": tok.encode(t, max_length)} for t in texts]}
+            "pad_id": tok.pad_id, "unk_id": tok.unk_id, "num_special": tok.num_special, "cases": cases}
+
+
+# Multi-codepoint keys inside one grapheme cluster, some with a shorter key as a prefix: real
+# SentencePiece charsmaps (nmt_nfkc) have them; the e5 import's per-codepoint map does not.
+# "\u200b" -> "" makes a text segment normalize to nothing (the pre-tokenizers then see an empty word).
+EXTRA_CHARSMAP = {"e": "e", "e\u0301": "\u00e9", "o\u0308": "\u00f6", "A\u030a\u0301": "\u01fa", "\u200b": ""}
+
+
+# An added token that is a prefix of another one, listed first: the longest match must win.
+EXTRA_ADDED = [{"id": 10, "content": "<s", "special": False}]
+
+
+def with_extra_entries(spec: dict, charsmap: dict = EXTRA_CHARSMAP, added: list = EXTRA_ADDED) -> dict:
+    """A copy of a device tokenizer spec whose ``precompiled`` step also maps ``charsmap`` and
+    whose added tokens start with ``added``: exercises the shortest-matching-key rule on whole
+    clusters and the longest-first added-token match, which real vocabularies rarely reach."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    step = next(s for s in spec["normalizer"] if s["type"] == "precompiled")
+    step["map"].update(charsmap)
+    spec["added_tokens"] = list(added) + spec["added_tokens"]
+    return spec
 
 
 class ReplayBackend(Backend):
@@ -178,7 +244,8 @@ def bundle_golden(name: str, bundle_dir, texts: list[str]) -> dict:
             p = replay.predict(texts, mode=mode, **kwargs)
             runs.append({"kind": mode, "patience": kwargs.get("patience"),
                          "threshold": kwargs.get("entropy_threshold"), "max_layer": kwargs.get("max_layer"),
-                         "layer_evaluations": p.layer_evaluations, "exit_layers_seen": sorted(set(p.exit_layers.tolist())),
+                         "layer_evaluations": p.layer_evaluations,
+                         "exit_layers_seen": sorted(set(p.exit_layers.tolist())),
                          "results": _result_rows(p)})
     manifest = bundle.manifest
     return {
@@ -198,7 +265,7 @@ def write_goldens(out, bundles: dict, tokenizers: dict, texts: list[str] | None 
     """Write the golden file ``out`` for ``bundles`` {name: dir} and ``tokenizers`` {name: device_tokenizer.json}."""
     texts = golden_texts() if texts is None else texts
     if bundle_texts is None:
-        bundle_texts = tnews_sentences(40) + texts[-len(TRICKY):] + ["", "the same text twice", "the same text twice"]
+        bundle_texts = tnews_sentences(40) + TRICKY + ["", "the same text twice", "the same text twice"]
     golden = {"tokenizers": [tokenizer_golden(n, p, texts) for n, p in tokenizers.items()],
               "bundles": [bundle_golden(n, d, bundle_texts) for n, d in bundles.items()]}
     out = Path(out)

@@ -39,7 +39,7 @@ def load_classifier(model_dir):
         kind = architectures[0] if architectures else config.model_type
         raise UserError(f"'{model_dir}' holds a {kind} checkpoint, not an ALBERT classifier; export needs a "
                         "classifier with its task head (edgekit finetune writes one).")
-    classifier = EarlyExitClassifier.from_pretrained(path).eval()
+    classifier = EarlyExitClassifier.from_pretrained(path).float().eval()
     tokenizer = load_tokenizer(path)
     id2label = {int(k): v for k, v in (config.id2label or {}).items()}
     labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]

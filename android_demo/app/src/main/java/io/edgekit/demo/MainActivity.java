@@ -116,7 +116,8 @@ public final class MainActivity extends Activity {
     private void onLoaded(io.edgekit.core.Bundle loaded, Predictor ready) {
         bundle = loaded;
         predictor = ready;
-        bundleInfo.setText(String.format(Locale.ROOT, "%s · %s · %s · %d layer%s · %d labels · max %d tokens · %s tokenizer",
+        bundleInfo.setText(String.format(Locale.ROOT,
+                "%s · %s · %s · %d layer%s · %d labels · max %d tokens · %s tokenizer",
                 loaded.format, loaded.precision, loaded.layout, loaded.depth(), loaded.depth() == 1 ? "" : "s",
                 loaded.labels.size(), loaded.maxLength, predictor.tokenizer.type));
         choices.clear();

@@ -247,7 +247,8 @@ public final class Bundle {
         if (!(graphsValue instanceof Map)
                 || !new TreeSet<>(((Map<?, ?>) graphsValue).keySet()).equals(new TreeSet<>(needed))) {
             throw fail(where, "a " + layout + " bundle needs the graphs " + String.join(", ", needed)
-                    + ", the manifest lists " + (graphsValue instanceof Map ? ((Map<?, ?>) graphsValue).keySet() : graphsValue) + ".");
+                    + ", the manifest lists "
+                    + (graphsValue instanceof Map ? ((Map<?, ?>) graphsValue).keySet() : graphsValue) + ".");
         }
         Object filesValue = m.get("files");
         if (!(filesValue instanceof Map)) {
@@ -266,7 +267,8 @@ public final class Bundle {
                 }
             }
             if (!files.containsKey(graph.get("file"))) {
-                throw fail(where, "graph '" + name + "' file '" + graph.get("file") + "' is not listed in manifest 'files'.");
+                throw fail(where, "graph '" + name + "' file '" + graph.get("file")
+                        + "' is not listed in manifest 'files'.");
             }
             List<Object> tensors = new ArrayList<>();
             if (graph.get("inputs") instanceof List) {

@@ -6,8 +6,8 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * A small JSON reader (RFC 8259) for bundle files: no Android or third-party classes, so the same
- * code runs in the app and in the JVM tests.
+ * A small JSON reader (RFC 8259, plus Python's {@code NaN}, {@code Infinity}, {@code -Infinity}) for
+ * bundle files: no Android or third-party classes, so the same code runs in the app and in the JVM tests.
  *
  * <p>Values: objects become {@code LinkedHashMap<String, Object>} (key order kept), arrays {@code
  * ArrayList<Object>}, strings {@code String}, {@code true}/{@code false} {@code Boolean}, {@code null}
@@ -68,7 +68,14 @@ public final class Json {
                 return literal("false", Boolean.FALSE);
             case 'n':
                 return literal("null", null);
+            case 'N':
+                return literal("NaN", Double.NaN); // Python's json writes and reads these three
+            case 'I':
+                return literal("Infinity", Double.POSITIVE_INFINITY);
             default:
+                if (c == '-' && text.startsWith("-Infinity", pos)) {
+                    return literal("-Infinity", Double.NEGATIVE_INFINITY);
+                }
                 if (c == '-' || (c >= '0' && c <= '9')) {
                     return number();
                 }
@@ -183,12 +190,16 @@ public final class Json {
                     if (pos + 4 > text.length()) {
                         throw error("short \\u escape");
                     }
-                    try {
-                        // A surrogate pair arrives as two escapes; UTF-16 strings hold it as is.
-                        out.append((char) Integer.parseInt(text.substring(pos, pos + 4), 16));
-                    } catch (NumberFormatException ex) {
-                        throw error("bad \\u escape");
+                    int unit = 0;
+                    for (int k = pos; k < pos + 4; k++) {
+                        int digit = Character.digit(text.charAt(k), 16);
+                        if (digit < 0 || text.charAt(k) > 'f') {
+                            throw error("bad \\u escape");
+                        }
+                        unit = unit * 16 + digit;
                     }
+                    // A surrogate pair arrives as two escapes; UTF-16 strings hold it as is.
+                    out.append((char) unit);
                     pos += 4;
                     break;
                 default:
@@ -198,6 +209,10 @@ public final class Json {
         }
     }
 
+    private static boolean isDigit(char c) {
+        return c >= '0' && c <= '9';
+    }
+
     private Object number() {
         int start = pos;
         boolean integral = true;
@@ -205,6 +220,9 @@ public final class Json {
             pos++;
         }
         int digits = pos;
+        if (pos + 1 < text.length() && text.charAt(pos) == '0' && isDigit(text.charAt(pos + 1))) {
+            throw error("a number cannot start with 0");
+        }
         while (pos < text.length() && text.charAt(pos) >= '0' && text.charAt(pos) <= '9') {
             pos++;
         }

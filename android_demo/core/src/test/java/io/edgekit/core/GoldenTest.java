@@ -91,7 +91,11 @@ public final class GoldenTest {
         check(obj(m.get("b")).isEmpty(), "json: empty object");
         check(Json.parse(" [ ] ") instanceof List, "json: empty list with spaces");
         check(Json.asDouble(Json.parse("-0.0001234"), "x") == -0.0001234, "json: decimals round like Python");
-        for (String bad : new String[]{"", "{", "[1,]", "{\"a\" 1}", "tru", "\"abc", "01x", "[1] 2", "\"\\x\"", "-"}) {
+        List<Object> special = list(Json.parse("[NaN, Infinity, -Infinity, 12345678901234567890]"));
+        check(Double.isNaN((Double) special.get(0)) && Double.valueOf(Double.POSITIVE_INFINITY).equals(special.get(1))
+                && Double.valueOf(Double.NEGATIVE_INFINITY).equals(special.get(2)), "json: Python's NaN and infinities");
+        check(special.get(3) instanceof Double, "json: an integer beyond long becomes a double");
+        for (String bad : new String[]{"", "{", "[1,]", "{\"a\" 1}", "tru", "\"abc", "01x", "[1] 2", "\"\\x\"", "-", "Nan", "-Inf"}) {
             expectThrows(() -> Json.parse(bad), "invalid JSON", "json: rejects " + bad);
         }
         System.out.println("json reader: ok");
@@ -121,6 +125,8 @@ public final class GoldenTest {
         check(ExitRule.entropy(0.1).chooseExit(new float[][]{unsure, sure, sure}) == 2, "entropy: first confident layer");
         check(ExitRule.entropy(1e-9).chooseExit(new float[][]{unsure, sure, unsure}) == 3, "entropy: last layer stops");
         check(ExitRule.entropy(2.0).chooseExit(new float[][]{unsure, sure}) == 1, "entropy: a loose threshold stops at 1");
+        double equal = Scores.entropy(unsure);
+        check(ExitRule.entropy(equal).chooseExit(new float[][]{unsure, sure}) == 2, "entropy: equal to the threshold goes on");
         System.out.println("exit rules and scores on hand-computed cases: ok");
     }
 
@@ -138,12 +144,25 @@ public final class GoldenTest {
             check(tok.padId == Json.asInt(golden.get("pad_id"), "pad"), name + ": pad id");
             check(tok.unkId == Json.asInt(golden.get("unk_id"), "unk"), name + ": unk id");
             check(tok.numSpecial() == Json.asInt(golden.get("num_special"), "n"), name + ": number of special ids");
+            Tokenizer.Graphemes graphemes = graphemesOf(file);
             int same = 0;
             int total = 0;
             int tokens = 0;
+            int clustered = 0;
             for (Object c : list(golden.get("cases"))) {
                 Map<String, Object> kase = obj(c);
                 String text = (String) kase.get("text");
+                if (kase.containsKey("clusters")) {
+                    List<int[]> got = graphemes.split(Tokenizer.cps(text));
+                    int[] lengths = new int[got.size()];
+                    for (int k = 0; k < lengths.length; k++) {
+                        lengths[k] = got.get(k).length;
+                    }
+                    int[] expected = ints(kase.get("clusters"));
+                    check(Arrays.equals(expected, lengths), name + ": grapheme clusters of " + show(text) + "\n    python "
+                            + Arrays.toString(expected) + "\n    java   " + Arrays.toString(lengths));
+                    clustered++;
+                }
                 int[] expected = ints(kase.get("ids"));
                 int[] got = tok.encode(text, null);
                 int[] expectedCut = ints(kase.get("truncated"));
@@ -158,8 +177,106 @@ public final class GoldenTest {
                 }
             }
             System.out.println("tokenizer " + name + " (" + tok.type + "): " + same + "/" + total
-                    + " texts give the reference ids (" + tokens + " tokens)");
+                    + " texts give the reference ids (" + tokens + " tokens)"
+                    + (clustered > 0 ? ", grapheme clusters of " + clustered + " texts compared" : ""));
         }
+    }
+
+    /** The grapheme tables of a tokenizer file's precompiled normalizer, or null. */
+    private static Tokenizer.Graphemes graphemesOf(String file) throws IOException {
+        Map<String, Object> spec = obj(Json.parse(new String(Files.readAllBytes(new File(file).toPath()),
+                StandardCharsets.UTF_8)));
+        for (Object step : list(spec.get("normalizer"))) {
+            if ("precompiled".equals(obj(step).get("type"))) {
+                return new Tokenizer.Graphemes(obj(obj(step).get("graphemes")));
+            }
+        }
+        return null;
+    }
+
+    /**
+     * Static shapes with a pad id that is not 0 (XLM-R's is 1): a made-up TFLite-like bundle over a
+     * real device tokenizer, whose runner checks exactly what {@link Predictor} feeds.
+     */
+    static void staticPadding(String tokenizerFile) throws Exception {
+        int failedBefore = failures.size();
+        final Map<String, byte[]> contents = new HashMap<>();
+        contents.put("t.json", Files.readAllBytes(new File(tokenizerFile).toPath()));
+        contents.put("labels.json", "[\"no\", \"yes\"]".getBytes(StandardCharsets.UTF_8));
+        String ids = "{\"name\": \"input_ids\", \"dtype\": \"int32\", \"shape\": [1, 8], \"axes\": [\"batch\", \"sequence\"]}";
+        String mask = ids.replace("input_ids", "attention_mask");
+        String hidden = "{\"name\": \"hidden\", \"dtype\": \"float32\", \"shape\": [1, 8, 2], \"axes\": [\"batch\", \"sequence\", \"hidden\"]}";
+        String logits = "{\"name\": \"logits\", \"dtype\": \"float32\", \"shape\": [1, 2], \"axes\": [\"batch\", \"labels\"]}";
+        String manifest = "{\"format_version\": 1, \"format\": \"tflite\", \"precision\": \"fp32\", \"layout\": \"per-layer\", "
+                + "\"graphs\": {\"embed\": {\"file\": \"e\", \"inputs\": [" + ids + "], \"outputs\": [" + hidden + "]}, "
+                + "\"layer\": {\"file\": \"l\", \"inputs\": [" + hidden + ", " + mask + "], \"outputs\": [" + hidden + "]}, "
+                + "\"head\": {\"file\": \"h\", \"inputs\": [" + hidden + "], \"outputs\": [" + logits + "]}}, "
+                + "\"max_length\": 8, \"exits\": {\"layers\": [1, 2]}, \"model\": {\"num_labels\": 2}, "
+                + "\"tokenizer\": {\"file\": \"t.json\"}, \"labels\": {\"file\": \"labels.json\"}, "
+                + "\"files\": {\"e\": {}, \"l\": {}, \"h\": {}, \"t.json\": {}, \"labels.json\": {}}}";
+        contents.put(Bundle.MANIFEST, manifest.getBytes(StandardCharsets.UTF_8));
+        Bundle bundle = Bundle.load(new BundleFiles() {
+            @Override
+            public byte[] read(String name) throws IOException {
+                if (!contents.containsKey(name)) {
+                    throw new java.io.FileNotFoundException(name);
+                }
+                return contents.get(name);
+            }
+
+            @Override
+            public String describe() {
+                return "in memory";
+            }
+        }, false);
+        final int padId = bundle.tokenizer().padId;
+        check(padId != 0, "static padding: the tokenizer's pad id is not 0");
+        final List<String> seen = new ArrayList<>();
+        GraphRunner runner = (graph, inputs) -> {
+            Map<String, Tensor> out = new LinkedHashMap<>();
+            if (graph.equals("embed")) {
+                Tensor t = inputs.get("input_ids");
+                seen.add("ids " + t.dtype + Arrays.toString(t.shape) + Arrays.toString(t.ints));
+                float[] h = new float[16];
+                Arrays.fill(h, 7f);
+                out.put("hidden", Tensor.ofFloats(new int[]{1, 8, 2}, h));
+            } else if (graph.equals("layer")) {
+                Tensor m = inputs.get("attention_mask");
+                Tensor h = inputs.get("hidden");
+                seen.add("mask " + m.dtype + Arrays.toString(m.shape) + Arrays.toString(m.ints));
+                seen.add("hidden " + Arrays.toString(h.floats));
+                out.put("hidden", Tensor.ofFloats(new int[]{1, 8, 2}, h.floats.clone()));
+            } else {
+                out.put("logits", Tensor.ofFloats(new int[]{1, 2}, new float[]{0f, 1f}));
+            }
+            return out;
+        };
+        Predictor predictor = new Predictor(bundle, runner);
+        int[] encoded = predictor.encode("ok");
+        int n = encoded.length;
+        check(n < 8, "static padding: a short text");
+        Prediction p = predictor.predict("ok", 2);
+        int[] wantIds = new int[8];
+        int[] wantMask = new int[8];
+        float[] wantHidden = new float[16];
+        Arrays.fill(wantIds, padId);
+        for (int i = 0; i < n; i++) {
+            wantIds[i] = encoded[i];
+            wantMask[i] = 1;
+            wantHidden[2 * i] = 7f;
+            wantHidden[2 * i + 1] = 7f;
+        }
+        List<String> want = Arrays.asList("ids int32[1, 8]" + Arrays.toString(wantIds),
+                "mask int32[1, 8]" + Arrays.toString(wantMask), "hidden " + Arrays.toString(wantHidden),
+                "mask int32[1, 8]" + Arrays.toString(wantMask), "hidden " + Arrays.toString(wantHidden));
+        check(seen.equals(want), "static padding: feeds\n    want " + want + "\n    got  " + seen);
+        check(p.label.equals("yes") && p.exitLayer == 2 && p.layerEvaluations == 2, "static padding: result");
+        seen.clear();
+        predictor.predict("a text long enough to be cut to eight tokens by max_length", 1);
+        check(seen.size() == 3 && !seen.get(0).contains(", " + padId + "]") && seen.get(1).endsWith("1, 1, 1, 1, 1, 1, 1, 1]"),
+                "static padding: a long text fills max_length " + seen);
+        System.out.println("static shapes: ids padded with pad id " + padId + ", mask and hidden state with 0: "
+                + (failures.size() == failedBefore ? "ok" : "FAILED"));
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -374,7 +491,14 @@ public final class GoldenTest {
                     Map<String, Object> want = obj(results.get(i));
                     String text = (String) texts.get(i);
                     Map<String, Integer> before = new HashMap<>(runner.calls);
-                    Prediction p = rule == null ? predictor.predict(text, exit) : predictor.predictDynamic(text, rule, maxLayer);
+                    Prediction p;
+                    try {
+                        p = rule == null ? predictor.predict(text, exit) : predictor.predictDynamic(text, rule, maxLayer);
+                    } catch (BundleException | RuntimeException e) {
+                        check(false, name + " " + label + ": " + show(text) + " raised " + e);
+                        all = false;
+                        continue;
+                    }
                     evaluations += p.layerEvaluations;
                     if (bundle.isPerLayer()) {
                         int layerCalls = runner.calls.getOrDefault("layer", 0) - before.getOrDefault("layer", 0);
@@ -536,6 +660,18 @@ public final class GoldenTest {
 
     // ---------------------------------------------------------------------------------------------
 
+    /** Runs a group of checks; an exception fails the group instead of ending the run. */
+    private static void group(String name, Body body) {
+        try {
+            body.run();
+        } catch (Exception e) {
+            java.io.StringWriter trace = new java.io.StringWriter();
+            e.printStackTrace(new java.io.PrintWriter(trace));
+            check(false, name + " raised " + trace);
+            System.out.println(name + ": raised " + e);
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length != 1) {
             System.err.println("usage: GoldenTest goldens.json");
@@ -544,10 +680,16 @@ public final class GoldenTest {
         long start = System.nanoTime();
         Map<String, Object> goldens = obj(Json.parse(new String(Files.readAllBytes(new File(args[0]).toPath()),
                 StandardCharsets.UTF_8)));
-        jsonReader();
-        exitRulesByHand();
-        tokenizers(list(goldens.get("tokenizers")));
-        bundles(list(goldens.get("bundles")));
+        group("json reader", GoldenTest::jsonReader);
+        group("exit rules", GoldenTest::exitRulesByHand);
+        group("tokenizers", () -> tokenizers(list(goldens.get("tokenizers"))));
+        for (Object t : list(goldens.get("tokenizers"))) {
+            if ("unigram".equals(obj(t).get("type"))) {
+                group("static padding", () -> staticPadding((String) obj(t).get("file")));
+                break;
+            }
+        }
+        group("bundles", () -> bundles(list(goldens.get("bundles"))));
         System.out.printf("%d checks, %d failed (%.1f s)%n", checks, failures.size(), (System.nanoTime() - start) / 1e9);
         for (String f : failures.subList(0, Math.min(40, failures.size()))) {
             System.out.println("FAILED " + f);
