@@ -129,8 +129,9 @@ def tokenizer_golden(name: str, path, texts: list[str], max_length: int = MAX_LE
 EXTRA_CHARSMAP = {"e": "e", "e\u0301": "\u00e9", "o\u0308": "\u00f6", "A\u030a\u0301": "\u01fa", "\u200b": ""}
 
 
-# An added token that is a prefix of another one, listed first: the longest match must win.
-EXTRA_ADDED = [{"id": 10, "content": "<s", "special": False}]
+# Added tokens matched even with split_special_tokens (not special), the shorter one listed first:
+# the longest match must win.
+EXTRA_ADDED = [{"id": 10, "content": "<s", "special": False}, {"id": 11, "content": "<s>", "special": False}]
 
 
 def with_extra_entries(spec: dict, charsmap: dict = EXTRA_CHARSMAP, added: list = EXTRA_ADDED) -> dict:
