@@ -342,8 +342,7 @@ def summarize(xs):
 
 
 def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dict:
-    import torch
-
+    from edgekit.distill.adapters import QKVRecorder
     from edgekit.distill.minilm import RelationDistiller
     from edgekit.io import RunDir
     from edgekit.train import Trainer
@@ -357,8 +356,6 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
     matched = copy.deepcopy(student).train()  # twin read by hooks like the distiller's (the matched baseline)
     distiller = RelationDistiller(teacher, student, built["teacher_layer"], built["student_layers"],
                                   built["method"], built["relation_heads"])
-    from edgekit.distill.adapters import QKVRecorder
-
     matched_layer = max(distiller.student_layers)
     matched_rec = QKVRecorder(matched, [matched_layer])
     train_cfg = built["train"]
@@ -759,7 +756,6 @@ def analysis(configs) -> list[str]:
     out = []
     for c in configs:
         a = attribution(c)
-        step = c["step_s"]["median"]
         line = (f"{c['config']}: overhead {c['overhead']:.3f} ({c['verdict']} against ≤ {TARGET}), "
                 f"{c['overhead_matched']:.3f} against the matched student; {c['tokens_per_s']:.0f} tokens/s.")
         if a:

@@ -7,9 +7,6 @@ small (|logit| < 0.05: random init), so they are tighter than they look in absol
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,9 +17,8 @@ from edgekit.export.tflite import export_tflite, tflite_logits
 from edgekit.prune import MagnitudePruner
 from edgekit.quantize import agreement, op_counts, pruned_masks, weight_tensors, zeros_kept
 from edgekit.student import StudentConfig, build_student
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
-from edgekit_device.tflite_backend import TFLiteBackend  # noqa: E402
+from edgekit_device import BundleError
+from edgekit_device.tflite_backend import TFLiteBackend
 
 T = 16  # static sequence length
 N = 48  # test examples
@@ -185,6 +181,14 @@ def test_device_backend_runs_every_graph(exports, data):
     np.testing.assert_allclose(logits, expected, atol=1e-6)
     with pytest.raises(ValueError, match="static shape"):
         fixed.run({"input_ids": data["ids"][:2], "attention_mask": data["mask"][:2]})
+
+
+def test_device_backend_errors(tmp_path):
+    with pytest.raises(BundleError, match="no 'missing.tflite'"):
+        TFLiteBackend(tmp_path / "missing.tflite")
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    with pytest.raises(BundleError, match="cannot load 'bad.tflite'"):
+        TFLiteBackend(tmp_path / "bad.tflite")
 
 
 def test_user_errors(classifier, tmp_path):

@@ -2,10 +2,11 @@
 
 ``agreement`` compares logits (argmax agreement, max abs error, cosine, accuracy with labels).
 
-Does pruning survive quantization? Symmetric int8 quantization stores 0.0 as the integer 0 (the zero point), so every weight the
-pruner zeroed should still be zero in the quantized model. ``zeros_kept`` checks it position by
-position: each pruned torch weight must have a stored counterpart of the same shape that is zero
-at least wherever the torch weight is (more zeros are fine: tiny weights round to 0).
+Does pruning survive quantization? Symmetric int8 quantization stores 0.0 as the integer 0 (the
+zero point), so every weight the pruner zeroed should still be zero in the quantized model.
+``zeros_kept`` checks it position by position: each pruned torch weight must have a stored
+counterpart of the same shape that is zero at least wherever the torch weight is (more zeros are
+fine: tiny weights round to 0).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The TFLite backend of the device runtime: one .tflite graph under ai-edge-litert's Interpreter.
 
+An engine in the sense of ``backend.PerGraphBackend``: ``TFLiteBackend(path, num_threads=n)``
+loads one graph file and ``run(feeds)`` runs it; the runtime makes one per graph of the manifest.
+
 No torch here: this is what a phone app does with LiteRT, written in numpy. A graph is run
 through its signature (``serving_default``), by input and output name, with float32 / int32
 arrays in and out. Graphs quantized to full int8 take and give int8 tensors; the backend
@@ -13,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .errors import BundleError
 
 __all__ = ["TFLiteBackend"]
 
@@ -29,8 +34,12 @@ class TFLiteBackend:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no TFLite graph at {self.path}")
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            raise BundleError(f"the bundle has no '{self.path.name}'; export the bundle again.")
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        except (ValueError, RuntimeError) as e:  # what ai-edge-litert raises for a file it cannot read
+            raise BundleError(f"ai-edge-litert cannot load '{self.path.name}' ({str(e).splitlines()[0][:200]}); "
+                              "export the bundle again.") from None
         signatures = self._interpreter.get_signature_list()
         key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
         self._runner = self._interpreter.get_signature_runner(key)
