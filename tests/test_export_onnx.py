@@ -52,6 +52,7 @@ def bundles(tiny_classifier, texts, tmp_path_factory):
         "fixed1": {"exit_layer": 1},
         "fixed3": {"exit_layer": 3},
         "layers-int8": {"int8": True, "pack": True},
+        "fixed3-int8": {"int8": True, "exit_layer": 3},
         # static int8 of a random model: measured agreement 0.98-1.0 per exit on these texts
         "fixed2-static": {"int8": True, "exit_layer": 2, "calibration_texts": texts[100:200], "min_agreement": 0.95},
     }
@@ -113,7 +114,7 @@ def test_fixed_bundle_computes_only_k_layers(bundles, classifier, texts):
 
 
 def test_int8_bundles_agree_with_pytorch(bundles, classifier, texts):
-    for name, threshold in (("layers-int8", 0.99), ("fixed2-static", 0.95)):
+    for name, threshold in (("layers-int8", 0.99), ("fixed3-int8", 0.99), ("fixed2-static", 0.95)):
         m = manifest(bundles[name])
         assert m["precision"] == "int8"
         assert all(e["agreement"] >= threshold for e in m["parity"]["per_exit"]), m["parity"]
@@ -129,9 +130,52 @@ def test_int8_bundles_agree_with_pytorch(bundles, classifier, texts):
     assert op_count(bundles["fixed2-static"] / "model.onnx", "QuantizeLinear") > 0
 
 
+def weight_matmuls(path) -> dict[str, int]:
+    """MatMul-like nodes by the kind of weight they multiply: a float initializer (directly or through
+    Identity), an int8 initializer (MatMulInteger, or MatMul after DequantizeLinear of one), or none."""
+    graph = onnx.load(str(path)).graph
+    dtypes = {i.name: i.data_type for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def kind(name):
+        node = producer.get(name)
+        while node is not None and node.op_type == "Identity":
+            name, node = node.input[0], producer.get(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear":
+            name = node.input[0]
+        return {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.INT8: "int8"}.get(dtypes.get(name))
+
+    counts = {"fp32": 0, "int8": 0, None: 0}
+    for n in graph.node:
+        if n.op_type in ("MatMul", "MatMulInteger"):
+            kinds = {kind(i) for i in n.input[:2]} - {None}
+            counts[kinds.pop() if len(kinds) == 1 else None] += 1
+    return counts
+
+
+def test_int8_fixed_graph_quantizes_every_use_of_the_shared_weights(bundles, classifier, texts):
+    # k = 3 layers of 6 weight MatMuls each, plus the embedding projection, pooler and classifier; the
+    # exporter refers to the shared weights of layers 2..k through Identity nodes, which onnxruntime's
+    # quantizer does not look through (it used to leave 2 * 6 MatMuls and their fp32 weights behind).
+    fp32, dynamic = bundles["fixed3"] / "model.onnx", bundles["fixed3-int8"] / "model.onnx"
+    assert weight_matmuls(fp32) == {"fp32": 3 * 6 + 3, "int8": 0, None: 3 * 2}
+    assert weight_matmuls(dynamic) == {"fp32": 0, "int8": 3 * 6 + 3, None: 3 * 2}
+    assert op_count(dynamic, "MatMulInteger") == 3 * 6 + 3 and op_count(dynamic, "MatMul") == 3 * 2
+    # static QDQ: every weight MatMul reads DequantizeLinear of the int8 weight (not a re-quantized copy)
+    assert weight_matmuls(bundles["fixed2-static"] / "model.onnx") == {"fp32": 0, "int8": 2 * 6 + 3, None: 2 * 2}
+    # each weight is stored once, as int8: one int8 matrix per fp32 matrix, no float matrix left
+    floats = {k: v for k, v in initializers(fp32).items() if v.ndim == 2}
+    stored = initializers(dynamic)
+    int8 = {k: v for k, v in stored.items() if v.dtype == np.int8 and v.ndim == 2}
+    assert sorted(v.shape for v in int8.values()) == sorted(v.shape for v in floats.values())
+    assert not [k for k, v in stored.items() if v.dtype == np.float32 and v.ndim == 2]
+    assert sum(v.nbytes for v in stored.values()) < 0.3 * sum(v.nbytes for v in floats.values())
+    assert dynamic.stat().st_size < 0.4 * fp32.stat().st_size
+
+
 def test_int8_weights_are_int8_and_pruned_zeros_stay_zero(bundles, classifier):
     masks = pruned_masks(classifier)
-    for name in ("layers-int8", "fixed2-static"):
+    for name in ("layers-int8", "fixed3-int8", "fixed2-static"):
         stored, float_matrices = [], []
         for path in sorted(bundles[name].glob("*.onnx")):
             for key, value in initializers(path).items():
