@@ -2,7 +2,7 @@
 layers while other high-end ones may use more").
 
     python benchmarks/early_exit.py latency                      # paper shape, random weights
-    python benchmarks/early_exit.py accuracy --model CLASSIFIER_DIR --data TEST.jsonl [--train TRAIN.jsonl]
+    python benchmarks/early_exit.py accuracy --model CLASSIFIER_DIR --task sentiment [--data-dir DIR]
 
 ``latency``: the paper-shape classifier (24 shared layers, hidden 768, 16 heads, E=128, vocabulary
 21,128, 15 labels) on CPU, per exit layer, batch 1 and batch 32, sequence length 64; layers above
@@ -72,26 +72,18 @@ def latency(args) -> dict:
     return result
 
 
-def _load_jsonl(path, text_field, label_field, limit=None):
-    texts, labels = [], []
-    for line in Path(path).read_text(encoding="utf-8").split("\n"):
-        if line.strip():
-            obj = json.loads(line)
-            texts.append(obj[text_field])
-            labels.append(obj[label_field])
-            if limit and len(texts) >= limit:
-                break
-    return texts, labels
-
-
 def accuracy(args) -> dict:
     from transformers import AutoTokenizer
 
     clf = EarlyExitClassifier.from_pretrained(args.model).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
+    from edgekit.tasks import load_task
+
     label2id = {str(k): v for k, v in clf.model.config.label2id.items()}
-    texts, labels = _load_jsonl(args.data, args.text_field, args.label_field, args.limit)
-    y = torch.tensor([label2id[str(v)] for v in labels])
+    task = load_task(args.task, args.data_dir)
+    n = len(task.dev) if args.limit is None else min(args.limit, len(task.dev))
+    texts = task.dev.texts[:n]
+    y = torch.tensor([label2id[task.labels[v]] for v in task.dev.labels[:n]])
     enc = tok(texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     depth = clf.depth
@@ -133,7 +125,8 @@ def accuracy(args) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(RESULTS / "early_exit_accuracy.png", dpi=120)
     cmd = " ".join(["python", "benchmarks/early_exit.py"] + sys.argv[1:])
-    lines = [f"Command: `{cmd}`  ", f"Date: {datetime.date.today()}; {len(texts)} examples of {args.data}; batch 32", "",
+    lines = [f"Command: `{cmd}`  ", f"Date: {datetime.date.today()}; {len(texts)} dev examples of task {args.task}; batch 32; "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
              "| exit layer | accuracy |", "|---:|---:|"]
     lines += [f"| {r['exit_layer']} | {100 * r['accuracy']:.2f} |" for r in per_exit]
     lines += ["", "| dynamic exit | accuracy | mean exit layer | speedup vs full depth (wall, batched) |",
@@ -163,9 +156,8 @@ def main():
     lat.add_argument("--repeats", type=int, default=8)
     acc = sub.add_parser("accuracy")
     acc.add_argument("--model", required=True)
-    acc.add_argument("--data", required=True)
-    acc.add_argument("--text-field", default="text")
-    acc.add_argument("--label-field", default="label")
+    acc.add_argument("--task", required=True)
+    acc.add_argument("--data-dir", default=None)
     acc.add_argument("--max-length", type=int, default=64)
     acc.add_argument("--limit", type=int, default=None)
     args = p.parse_args()
