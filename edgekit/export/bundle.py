@@ -6,26 +6,18 @@ The graph files come from the format's exporter (``graphs.py`` + ``onnx_int8.py`
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import json
 import zlib
 from pathlib import Path
 
 from edgekit.io import write_json
+from edgekit_device.bundle import sha256_file  # one definition for the writer and the verifier
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "device_tokenizer.json"
 LABELS_FILE = "labels.json"
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gzip_size(path) -> int:
