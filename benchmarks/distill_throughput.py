@@ -693,6 +693,11 @@ def attribution(c: dict) -> dict | None:
 def markdown(result: dict) -> str:
     env = result["environment"]
     load = result["load"]
+    kept = [r["other_processes_cpus"] for c in result["configs"] for r in c["rounds"]
+            if r["used"] and r["other_processes_cpus"] is not None]
+    quiet_max = max(kept) if kept else "n/a"
+    waited = sum(c.get("waited_for_quiet_s", 0) for c in result["configs"])
+    discarded = sum(c.get("rounds_discarded", 0) for c in result["configs"])
     lines = [
         "# MiniLM relation distillation throughput (CPU)",
         "",
@@ -700,10 +705,10 @@ def markdown(result: dict) -> str:
         f"Date: {result['date']}  ",
         f"Machine: {env['cpu_model']} ({env['machine']}), {env['cpu_count']} CPUs; torch {env['torch']} with "
         f"{env['torch_threads']} threads; transformers {env['transformers']}; Python {env['python']}  ",
-        f"Load: loadavg {load['loadavg_start']} at start, {load['loadavg_end']} at end; other processes used "
-        f"{load['other_processes_cpus']} CPUs on average during the {load['wall_s']:.0f} s run. The machine is shared, "
-        "so absolute times carry that noise; the three measurements run in interleaved rounds so the ratio "
-        "is less affected.",
+        f"Load: the machine is shared. Over the whole {load['wall_s']:.0f} s run (waits included) other processes used "
+        f"{load['other_processes_cpus']} CPUs on average (loadavg {load['loadavg_start']} at start, "
+        f"{load['loadavg_end']} at end); during the timed rounds that were kept, at most {quiet_max} CPUs "
+        f"({waited} s spent waiting for quiet, {discarded} disturbed rounds discarded and re-run).",
         "",
         "Medians per iteration, fp32, after warm-up. *Full step* = the real `edgekit.train.Trainer` step driving "
         "a `RelationDistiller` (distiller forward, backward, clip, AdamW, LR schedule, metrics); "
