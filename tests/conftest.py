@@ -95,3 +95,22 @@ def make_tiny_classifier(path: Path, sparsity: float = 0.5, seed: int = 0) -> Pa
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> Path:
     return make_tiny_classifier(tmp_path_factory.mktemp("classifier") / "clf")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Two shared cores: several torch threads spin against each other and against onnxruntime."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_classifier):
+    """The tiny early-exit classifier of ``tiny_classifier``, in eval mode."""
+    from edgekit.early_exit import EarlyExitClassifier
+
+    return EarlyExitClassifier.from_pretrained(tiny_classifier).eval()

@@ -20,7 +20,6 @@ import torch
 
 import edgekit_device
 from conftest import DATA, ROOT, VOCAB, clue_sentences
-from edgekit.early_exit import EarlyExitClassifier
 from edgekit.export import export_model, packed_path
 from edgekit_device import BundleError, Predictor, Tokenizer, load_bundle
 
@@ -31,22 +30,12 @@ EDGE_TEXTS = ["", " ", "   ", "[CLS]hi[SEP] <s>hi</s> <unk>", "Héllo WORLD ÅÄ
               "\u0600a ©\u200d© ﬁ ㍿ ｶﾞ", "한국어 텍스트 가나다", "混合 text，标点！？、“引号”"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def texts():
     return clue_sentences(160)
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_classifier):
-    return EarlyExitClassifier.from_pretrained(tiny_classifier).eval()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from onnx import numpy_helper
 
 import edgekit_device
 from conftest import clue_sentences
-from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
 from edgekit.export import export_model, packed_path
 from edgekit.quantize import pruned_masks, zeros_kept
@@ -25,23 +24,12 @@ from edgekit.student import StudentConfig, build_student, count_parameters
 DEPTH = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two shared cores: several torch threads spin against each other and against onnxruntime.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def texts():
     return clue_sentences(200)
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_classifier):
-    return EarlyExitClassifier.from_pretrained(tiny_classifier).eval()
 
 
 @pytest.fixture(scope="module")

@@ -214,6 +214,30 @@ _NORMALIZERS = {"codepoint_map": CodepointMap, "precompiled": Precompiled, "repl
 # Pre-tokenizers: list[str] -> list[str]
 
 
+def _split_words(words: list[str], drop, isolate) -> list[str]:
+    """Split each word at characters in ``drop`` (removed) and around characters in ``isolate``
+    (each kept as a word of its own); empty pieces are not emitted."""
+    out = []
+    for word in words:
+        current = []
+        for c in word:
+            cp = ord(c)
+            if drop is not None and cp in drop:
+                if current:
+                    out.append("".join(current))
+                    current = []
+            elif cp in isolate:
+                if current:
+                    out.append("".join(current))
+                    current = []
+                out.append(c)
+            else:
+                current.append(c)
+        if current:
+            out.append("".join(current))
+    return out
+
+
 class BertSplit:
     """BERT's pre-tokenizer: ``whitespace`` characters separate words and are dropped;
     ``punctuation`` characters become words of their own."""
@@ -223,25 +247,7 @@ class BertSplit:
         self.punctuation = RangeSet(spec["punctuation"])
 
     def __call__(self, words: list[str]) -> list[str]:
-        out = []
-        for word in words:
-            current = []
-            for c in word:
-                cp = ord(c)
-                if cp in self.whitespace:
-                    if current:
-                        out.append("".join(current))
-                        current = []
-                elif cp in self.punctuation:
-                    if current:
-                        out.append("".join(current))
-                        current = []
-                    out.append(c)
-                else:
-                    current.append(c)
-            if current:
-                out.append("".join(current))
-        return out
+        return _split_words(words, drop=self.whitespace, isolate=self.punctuation)
 
 
 class Metaspace:
@@ -273,20 +279,7 @@ class Isolate:
         self.ranges = RangeSet(spec["ranges"])
 
     def __call__(self, words: list[str]) -> list[str]:
-        out = []
-        for word in words:
-            current = []
-            for c in word:
-                if ord(c) in self.ranges:
-                    if current:
-                        out.append("".join(current))
-                        current = []
-                    out.append(c)
-                else:
-                    current.append(c)
-            if current:
-                out.append("".join(current))
-        return out
+        return _split_words(words, drop=None, isolate=self.ranges)
 
 
 _PRE_TOKENIZERS = {"bert": BertSplit, "metaspace": Metaspace, "isolate": Isolate}
