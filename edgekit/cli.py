@@ -51,6 +51,34 @@ def teacher_e5_small(out, overwrite):
     click.echo(f"wrote {path} (AutoModel / AutoTokenizer load it)")
 
 
+@app.command("run")
+@click.argument("recipe", type=click.Path())
+@click.option("--out", type=click.Path(), help="Run directory (default: the recipe's pipeline.out).")
+@click.option("--teacher", "teacher_path", help="Teacher checkpoint directory, or 'e5-small' (overrides pipeline.teacher).")
+@click.option("--data-dir", help="Parent directory of the tasks' data directories (DATA_DIR/<task>).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe key, e.g. distill.train.max_steps=50 or pipeline.tasks=tnews,csl.")
+@click.option("--force", is_flag=True, help="Redo stages whose recipe or inputs changed instead of refusing.")
+def run_cmd(recipe, out, teacher_path, data_dir, sets, force):
+    """The whole pipeline of a recipe: distill, prune, fine-tune, export, eval, compare (re-run to resume)."""
+    from edgekit.pipeline import load_pipeline_config, run_pipeline
+
+    overrides = _overrides(sets, **{"pipeline.teacher": teacher_path, "pipeline.data_dir": data_dir})
+    cfg = load_pipeline_config(recipe, overrides)
+    try:
+        report = run_pipeline(cfg, out, force=force, command="edgekit " + " ".join(sys.argv[1:]), echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished stages and the last checkpoint are kept: run the same command again to "
+                   "continue.", err=True)
+        sys.exit(130)
+    click.echo("")
+    click.echo(report["table"])
+    for task, b in report["bundles"].items():
+        click.echo(f"bundle for the phone app ({task}): {b['bundle']}" +
+                   (f"  (download: {b['packed']}, {b['packed_bytes']:,} bytes)" if b["packed"] else ""))
+    click.echo(f"report: {report['run_dir']}/report.md")
+
+
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe (e.g. recipes/quickstart.yaml).")
 @click.option("--teacher", "teacher_path", help="Teacher checkpoint directory, or 'e5-small'.")

@@ -154,14 +154,33 @@ def read_recipe(path) -> dict:
     return data
 
 
+def stage_section(data: dict, stage: str) -> dict:
+    """The part of a recipe that stage ``stage`` reads.
+
+    A pipeline recipe (one with a ``pipeline:`` section, see ``edgekit.pipeline``) holds each
+    stage's recipe under the stage's name; the pipeline's teacher fills in the distill and prune
+    stages' ``teacher.path``. Any other recipe is read whole.
+    """
+    if "pipeline" not in data:
+        return data
+    section = data.get(stage) or {}
+    if not isinstance(section, dict):
+        raise UserError(f"recipe section '{stage}' must be a mapping of the {stage} stage's keys, got {section!r}.")
+    teacher = (data.get("pipeline") or {}).get("teacher")
+    if stage in ("distill", "prune") and teacher and "path" not in (section.get("teacher") or {}):
+        section = merge({"teacher": {"path": teacher}}, section)
+    return section
+
+
 def load_config(cls, recipe: str | Path | None = None, overrides: dict | None = None,
-                ignore_sections=()):
+                ignore_sections=(), stage: str | None = None):
     """Recipe YAML (optional) merged with ``overrides``, validated into ``cls``.
 
-    ``ignore_sections`` names top-level recipe sections that belong to other pipeline stages of
-    the same recipe; they are skipped here instead of being reported as unknown keys.
+    ``stage`` picks that stage's section out of a pipeline recipe. ``ignore_sections`` names
+    top-level sections of a flat recipe that belong to other stages; they are skipped here
+    instead of being reported as unknown keys.
     """
-    data = read_recipe(recipe) if recipe else {}
+    data = stage_section(read_recipe(recipe), stage) if recipe and stage else (read_recipe(recipe) if recipe else {})
     data = merge(data, overrides or {})
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if k in names or k not in set(ignore_sections)}

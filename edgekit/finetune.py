@@ -46,6 +46,7 @@ class TaskSection:
 class FinetuneSection:
     early_exit: bool = True         # Σ_k 2k/(L(L+1))·CE_k over all exits (students only)
     eval_every: int = 200
+    freeze_embeddings: bool = False  # keep the token embedding table fixed (large-vocabulary teachers: faster)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class FinetuneConfig:
 
 
 def load_finetune_config(recipe=None, overrides: dict | None = None) -> FinetuneConfig:
-    return load_config(FinetuneConfig, recipe, overrides, ignore_sections=OTHER_STAGES)
+    return load_config(FinetuneConfig, recipe, overrides, ignore_sections=OTHER_STAGES, stage="finetune")
 
 
 class ClassifierModule(nn.Module):
@@ -157,6 +158,18 @@ def build_classifier(model_dir, task: Task):
                                                               id2label=id2label, label2id=label2id)
 
 
+def freeze_word_embeddings(model: nn.Module) -> int:
+    """Stop training the token embedding table(s); returns how many parameters were frozen."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if name.endswith("word_embeddings.weight"):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    if not frozen:
+        raise UserError("finetune.freeze_embeddings is set but the model has no word_embeddings table to freeze.")
+    return frozen
+
+
 def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: int | None = None,
              command: str | None = None) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task``; the best model is written to ``OUT/model``."""
@@ -177,6 +190,8 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     tokenizer = load_tokenizer(model_dir)
     clf = build_classifier(model_dir, task)
     early = cfg.finetune.early_exit and hasattr(clf, "predict_dynamic")
+    if cfg.finetune.freeze_embeddings:
+        freeze_word_embeddings(clf)
     module = ClassifierModule(clf, early)
 
     def subset(split, limit):

@@ -68,7 +68,7 @@ class DistillConfig:
 
 
 def load_distill_config(recipe=None, overrides: dict | None = None) -> DistillConfig:
-    return load_config(DistillConfig, recipe, overrides, ignore_sections=OTHER_STAGES)
+    return load_config(DistillConfig, recipe, overrides, ignore_sections=OTHER_STAGES, stage="distill")
 
 
 TRIM_AUTO_THRESHOLD = 50_000

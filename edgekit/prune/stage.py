@@ -68,7 +68,7 @@ class PruneConfig:
 
 
 def load_prune_config(recipe=None, overrides: dict | None = None) -> PruneConfig:
-    return load_config(PruneConfig, recipe, overrides, ignore_sections=OTHER_STAGES)
+    return load_config(PruneConfig, recipe, overrides, ignore_sections=OTHER_STAGES, stage="prune")
 
 
 class PruningCallback:
