@@ -55,15 +55,17 @@ def teacher_e5_small(out, overwrite):
 @click.argument("recipe", type=click.Path())
 @click.option("--out", type=click.Path(), help="Run directory (default: the recipe's pipeline.out).")
 @click.option("--teacher", "teacher_path", help="Teacher checkpoint directory, or 'e5-small' (overrides pipeline.teacher).")
+@click.option("--corpus", multiple=True, help="Distillation corpus file(s) (overrides distill.data.corpus).")
 @click.option("--data-dir", help="Parent directory of the tasks' data directories (DATA_DIR/<task>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any recipe key, e.g. distill.train.max_steps=50 or pipeline.tasks=tnews,csl.")
 @click.option("--force", is_flag=True, help="Redo stages whose recipe or inputs changed instead of refusing.")
-def run_cmd(recipe, out, teacher_path, data_dir, sets, force):
+def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
     """The whole pipeline of a recipe: distill, prune, fine-tune, export, eval, compare (re-run to resume)."""
     from edgekit.pipeline import load_pipeline_config, run_pipeline
 
-    overrides = _overrides(sets, **{"pipeline.teacher": teacher_path, "pipeline.data_dir": data_dir})
+    overrides = _overrides(sets, **{"pipeline.teacher": teacher_path, "pipeline.data_dir": data_dir,
+                                    "distill.data.corpus": corpus})
     cfg = load_pipeline_config(recipe, overrides)
     try:
         report = run_pipeline(cfg, out, force=force, command="edgekit " + " ".join(sys.argv[1:]), echo=click.echo)

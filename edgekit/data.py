@@ -38,11 +38,17 @@ def read_lines(path: Path) -> list[str]:
 
 
 def read_corpus(specs, text_field: str = "text", max_lines: int | None = None) -> list[str]:
-    """All non-empty texts of the given files, in order."""
+    """All non-empty texts of the given files, in order.
+
+    Plain text files give one text per line; ``.json``/``.jsonl`` files one JSON object per line,
+    whose text is ``text_field`` (a comma-separated list takes the first field a line has, so
+    ``sentence,abst`` reads TNEWS/IFLYTEK sentences and CSL abstracts alike).
+    """
     if isinstance(specs, (str, Path)):
         specs = [specs]
     if not specs:
         raise UserError("no corpus given; pass --corpus FILE (plain text or JSON lines), more than once for several files.")
+    fields = [f.strip() for f in text_field.split(",") if f.strip()] or ["text"]
     texts: list[str] = []
     for spec in specs:
         path = resolve_path(str(spec))
@@ -57,9 +63,11 @@ def read_corpus(specs, text_field: str = "text", max_lines: int | None = None) -
                     obj = json.loads(line)
                 except json.JSONDecodeError:
                     raise UserError(f"{path}:{lineno} is not valid JSON; each line of a .json/.jsonl corpus must be one JSON object.") from None
-                if not isinstance(obj, dict) or text_field not in obj:
-                    raise UserError(f"{path}:{lineno} has no field '{text_field}'; pass --text-field with the name of the text field.")
-                line = str(obj[text_field])
+                field = next((f for f in fields if isinstance(obj, dict) and f in obj), None)
+                if field is None:
+                    raise UserError(f"{path}:{lineno} has no field '{text_field}'; pass --text-field with the name of "
+                                    "the text field (several, comma-separated, take the first one a line has).")
+                line = str(obj[field])
                 if not line.strip():
                     continue
             texts.append(line.strip())

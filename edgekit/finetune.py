@@ -47,6 +47,7 @@ class FinetuneSection:
     early_exit: bool = True         # Σ_k 2k/(L(L+1))·CE_k over all exits (students only)
     eval_every: int = 200
     freeze_embeddings: bool = False  # keep the token embedding table fixed (large-vocabulary teachers: faster)
+    keep_sparsity: bool = True       # a pruned model keeps its zeros (gradients masked, weights re-zeroed)
 
 
 @dataclass
@@ -213,8 +214,16 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     def save(mod, directory):
         save_model_dir(mod.model, directory, tokenizer, {**meta, "step": trainer.step}, extra_json=extra)
 
+    callbacks = []
+    if cfg.finetune.keep_sparsity:
+        from edgekit.prune.stage import fixed_mask_callback
+
+        keeper = fixed_mask_callback(clf)
+        if keeper is not None:
+            callbacks.append(keeper)
+            meta["sparsity_kept"] = round(keeper.pruner.sparsity, 6)
     trainer = Trainer(module, lambda: train_data.collate(batches.next()), batches, cfg.train, run, save_model=save,
-                      dist=dist, desc=f"finetune {task.name}")
+                      callbacks=callbacks, dist=dist, desc=f"finetune {task.name}")
     evaluator = EvalCallback(module, dev_data, cfg.finetune.eval_every, run, save, trainer.device, dist.is_main)
     trainer.callbacks.append(evaluator)
     if resume:
@@ -234,7 +243,8 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     results = {
         "stage": "finetune", "task": task.name, "task_note": task.note, "labels": task.num_labels,
         "train_examples": len(train_data), "dev_examples": len(dev_data), "steps": trainer.step,
-        "early_exit": early, "best_step": evaluator.best_step, "dev_accuracy": best["accuracy"],
+        "early_exit": early, "sparsity_kept": meta.get("sparsity_kept"), "best_step": evaluator.best_step,
+        "dev_accuracy": best["accuracy"],
         "dev_accuracy_per_exit": best["accuracy_per_exit"], "history": evaluator.history,
         "seconds": round(time.perf_counter() - start, 1), "model_dir": str(out / "model"),
     }

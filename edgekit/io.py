@@ -18,6 +18,12 @@ import time
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json(path, data, indent: int = 2) -> Path:
     """Write JSON atomically (temp file in the same directory, then rename)."""
     path = Path(path)
@@ -27,6 +33,7 @@ def write_json(path, data, indent: int = 2) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=indent, ensure_ascii=False, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -50,6 +57,7 @@ def atomic_dir(final, overwrite: bool = True):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final directory gets mkdir's mode
     try:
         yield tmp
     except BaseException:

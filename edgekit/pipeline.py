@@ -65,7 +65,7 @@ class TaskEntry:
 
 @dataclass
 class PipelineSection:
-    teacher: str = "e5-small"          # a checkpoint directory or a built-in teacher name
+    teacher: str | None = "e5-small"   # a checkpoint directory or a built-in teacher name
     out: str | None = None             # default run directory (the CLI's --out wins)
     tasks: list[TaskEntry] = field(default_factory=lambda: [TaskEntry()])
     data_dir: str | None = None        # parent of per-task data directories (DATA_DIR/<task>)
@@ -88,7 +88,8 @@ class ExportSection:
 @dataclass
 class EvalSection:
     batch_size: int = 32
-    max_examples: int | None = None    # default: the whole dev split
+    max_examples: int | None = None    # default: the whole dev split (finetune's max_eval_examples only
+                                       # limits the evaluations that pick the best checkpoint)
     threads: int | None = None
 
 
@@ -192,6 +193,8 @@ class Pipeline:
 
         cfg, out = self.cfg, self.out
         teacher_spec = cfg.pipeline.teacher
+        if teacher_spec is None:
+            raise UserError("no teacher given; pass --teacher DIR (a Hugging Face encoder checkpoint) or --teacher e5-small.")
         stages: list[Stage] = []
 
         distill_cfg = load_config(DistillConfig, None, stage_section({"pipeline": to_dict(cfg.pipeline),
@@ -242,8 +245,12 @@ class Pipeline:
             return Stage(name, directory, {"teacher": teacher_spec if reference == "teacher" else None, **to_dict(ft)},
                          run, inputs, describe)
 
+        from edgekit.tasks import load_task
+
         for entry in cfg.pipeline.tasks:
             t = entry.name
+            task = self.task_config(entry, "-").task  # the task's data must load before hours of distillation
+            load_task(task.name, task.data_dir, task.text_field, task.text_pair_field, task.label_field)
             stages.append(finetune_stage(f"finetune/{t}", shipped, None, [shipped_stage], entry,
                                          f"fine-tune the {'pruned' if cfg.pipeline.prune else 'distilled'} student"))
             if "dense" in refs and cfg.pipeline.prune:
@@ -323,9 +330,8 @@ class Pipeline:
 
         def run(resume):
             t = ft.task
-            max_examples = e.max_examples if e.max_examples is not None else t.max_eval_examples
             result = evaluate(path, t.name, t.data_dir, "dev", t.text_field, t.text_pair_field, t.label_field,
-                              e.batch_size, max_examples, max_length=None if row == "bundle" else t.max_length,
+                              e.batch_size, e.max_examples, max_length=None if row == "bundle" else t.max_length,
                               threads=e.threads)
             result["name"] = name
             result["row"] = row

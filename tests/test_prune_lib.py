@@ -320,3 +320,31 @@ def test_paper_shape_student_at_80_percent():
     assert kept + 11_008 == 2_000_282 <= 2_100_000
     for n in pruner.tensor_names:
         assert abs(1 - int(torch.count_nonzero(params[n])) / params[n].numel() - 0.8) <= 0.005, n
+
+
+def test_fine_tuning_a_pruned_model_keeps_its_zeros():
+    from edgekit.prune.stage import fixed_mask_callback
+
+    model = tiny_classifier()
+    assert fixed_mask_callback(model) is None  # dense: nothing to keep
+    pruner = MagnitudePruner(exclude=[r"pooler", r"classifier"])
+    pruner.prepare(model)
+    pruner.update_masks(0.8)
+    pruner.squash_mask()
+    keeper = fixed_mask_callback(model)
+    assert keeper is not None and keeper.pruner.sparsity == pytest.approx(0.8, abs=0.005)
+    assert not any("pooler" in n or "classifier" in n for n in keeper.pruner.tensor_names)
+    params = dict(model.named_parameters())
+    zeros_before = {n: params[n] == 0 for n in keeper.pruner.tensor_names}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    ids, labels = torch.randint(1, VOCAB, (4, 12), generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
+    for step in range(1, 6):
+        model(input_ids=ids, labels=labels).loss.backward()
+        keeper.before_optimizer_step(step)
+        opt.step()
+        keeper.after_optimizer_step(step)
+        opt.zero_grad()
+    for name, was_zero in zeros_before.items():
+        assert bool((params[name][was_zero] == 0).all()), name
+        assert bool((params[name][~was_zero] != 0).any()), name  # the kept weights did train
+    assert float((params["albert.pooler.weight"] == 0).float().mean()) < 0.01

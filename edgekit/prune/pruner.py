@@ -157,6 +157,19 @@ class MagnitudePruner:
         self.apply_masks()
 
     @torch.no_grad()
+    def keep_zeros(self) -> float:
+        """Masks = the weights' current non-zeros, so training goes on with a fixed sparsity pattern
+        (fine-tuning a pruned model); returns the resulting sparsity of the selected weights."""
+        self._require_prepared()
+        kept = total = 0
+        for name, w in self._params.items():
+            self._masks[name] = w.detach() != 0
+            kept += int(self._masks[name].sum())
+            total += w.numel()
+        self.sparsity = 1.0 - kept / total
+        return self.sparsity
+
+    @torch.no_grad()
     def mask_gradients(self) -> None:
         """Zero the gradients of pruned weights; call after ``backward()``, before ``optimizer.step()``."""
         for name, w in self._params.items():

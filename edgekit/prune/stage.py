@@ -14,6 +14,7 @@ Python API::
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,42 @@ class PruningCallback:
 
     def load_state_dict(self, state: dict) -> None:
         self.pruner.load_state_dict(state)
+
+
+class FixedMaskCallback:
+    """Keep a pruned model's zeros while it trains on (fine-tuning): gradients of pruned weights are
+    masked before each optimizer step and the weights re-zeroed after it (AdamW's decay and momentum
+    would otherwise revive them)."""
+
+    def __init__(self, pruner: MagnitudePruner):
+        self.pruner = pruner
+
+    def before_optimizer_step(self, step: int) -> None:
+        self.pruner.mask_gradients()
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.pruner.apply_masks()
+
+    def state_dict(self) -> dict:
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pruner.load_state_dict(state)
+
+
+SPARSE_MIN_ZEROS = 0.05  # a model whose embedding/linear weights are at least this fraction exact zeros was pruned
+
+
+def fixed_mask_callback(model, exclude=(r"pooler", r"classifier")) -> FixedMaskCallback | None:
+    """A ``FixedMaskCallback`` over the zeros ``model`` already has, or None for a dense model.
+
+    The task head (pooler, classifier) is new at fine-tuning and stays dense."""
+    names = [n for n, _ in model.named_parameters()]
+    pruner = MagnitudePruner(exclude=[p for p in exclude if any(re.search(p, n) for n in names)])
+    pruner.prepare(model)
+    if pruner.keep_zeros() < SPARSE_MIN_ZEROS:
+        return None
+    return FixedMaskCallback(pruner)
 
 
 def _validate(cfg: PruneConfig) -> int:

@@ -294,6 +294,9 @@ def unpack(pack_file, out_dir) -> Path:
     header, payload = _parse(blob)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the bundle directory gets mkdir's mode
     try:
         for entry in header["files"]:
             name = entry["name"]
