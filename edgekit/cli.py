@@ -410,6 +410,12 @@ def info(model_dir, as_json):
 
 def main(argv=None):
     """Entry point: user errors are one line on stderr and exit status 2, never a traceback."""
+    import logging
+
+    # torchao (pulled in by litert-torch, imported by transformers when installed) logs CUDA kernels it
+    # cannot load on a CPU build and deprecation notes on every start: not the user's concern.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from edgekit_device.errors import BundleError
 
     try:

@@ -76,6 +76,15 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
     assert ev["examples"] == 40 and len(ev["accuracy_per_exit"]) == 3
     assert ev["accuracy_per_exit"] == pytest.approx(result["dev_accuracy_per_exit"], abs=1e-6)
 
+    from edgekit.export import export_model
+
+    for int8, tolerance in ((False, 1 / 40), ("dynamic", 2 / 40)):  # fp32: at most one tie flips; int8: two
+        bundle = export_model(model_dir, tmp_path / f"bundle-{int8}", int8=int8, max_length=32)
+        eb = evaluate(bundle, "jsonl", separable, text_field="review", label_field="y")
+        assert eb["kind"].startswith("bundle (onnx") and eb["exit_layers"] == [1, 2, 3] and eb["examples"] == 40
+        for a, b in zip(eb["accuracy_per_exit"], ev["accuracy_per_exit"]):
+            assert abs(a - b) <= tolerance + 1e-9, (int8, eb["accuracy_per_exit"], ev["accuracy_per_exit"])
+
     from edgekit.compare import compare
     from edgekit.io import write_json
 
