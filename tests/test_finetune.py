@@ -125,3 +125,17 @@ def test_bad_lines_and_labels(tmp_path):
     (tmp_path / "train.json").write_text("\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"has no examples; an empty split"):
         load_task("tnews", tmp_path)
+
+
+def test_cluewsc_marks_both_spans(tmp_path):
+    line = {"target": {"span2_index": 11, "span1_index": 3, "span1_text": "小明", "span2_text": "他"},
+            "idx": 0, "label": "true", "text": "老师说小明很聪明，后来他考上了大学。"}
+    bad = {**line, "target": {**line["target"], "span2_index": 2}}
+    (tmp_path / "train.json").write_text(json.dumps(line, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "dev.json").write_text(json.dumps({**line, "label": "false"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    task = load_task("cluewsc", tmp_path)
+    assert task.labels == ["false", "true"] and task.train.labels == [1] and task.dev.labels == [0]
+    assert task.train.texts == ["老师说_小明_很聪明，后来[他]考上了大学。"]
+    (tmp_path / "dev.json").write_text(json.dumps(bad, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"dev.json:1 is malformed \(span2_text '他' is not at span2_index 2\)"):
+        load_task("cluewsc", tmp_path)
