@@ -83,6 +83,8 @@ class ExportSection:
     pack_codec: Literal["xz", "zlib"] = "xz"
     calibration_examples: int = 256    # train texts used for static int8 ranges
     parity_examples: int = 64          # dev texts the export's parity check runs
+    min_agreement: float | None = None # argmax agreement with PyTorch every exit must reach (default 0.99);
+                                       # barely trained heads (smoke runs) have near-tied logits that flip
 
 
 @dataclass
@@ -299,7 +301,8 @@ class Pipeline:
             start = time.perf_counter()
             export_model(model_dir, directory / "bundle", format=e.format, int8=int8, exit_layer=e.exit_layer,
                          max_length=max_length, sample_texts=task.dev.texts[:e.parity_examples],
-                         calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec)
+                         calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
+                         min_agreement=e.min_agreement)
             manifest = read_json(directory / "bundle" / "manifest.json")
             packed = packed_path(directory / "bundle")
             results = {"stage": "export", "bundle": str(directory / "bundle"),
