@@ -181,3 +181,21 @@ def test_run_refuses_a_task_without_data(tmp_path, tiny_teacher, tiny_corpus, re
     recipe["prune"]["train"]["max_steps"] = 2
     with pytest.raises(UserError, match=r"data directory '.*missing' does not exist"):
         run_pipeline(load_pipeline_config(None, recipe), tmp_path / "run", echo=lambda s: None)
+
+
+def test_edgekit_run_command_prints_the_table_and_the_bundle(tiny_teacher, tiny_corpus, reviews, tmp_path):
+    import yaml
+
+    recipe = tiny_recipe(tiny_teacher, tiny_corpus, reviews, references=())
+    recipe["pipeline"]["out"] = str(tmp_path / "run")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    first = run_cli("run", path, "--set", "finetune.train.max_steps=8")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "[1/6] distill: MiniLM relation distillation" in first.stdout
+    assert "| student, distilled + pruned | pytorch fp32 |" in first.stdout
+    assert f"bundle for the phone app (jsonl): {tmp_path / 'run' / 'export' / 'jsonl' / 'bundle'}" in first.stdout
+    second = run_cli("run", path, "--set", "finetune.train.max_steps=8")
+    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 6
+    third = run_cli("run", path)  # the recipe's 20 steps differ from the 8 the finished stage ran
+    assert_clean_error(third, r"stage 'finetune/jsonl' .* cannot be reused: its recipe changed \(train.max_steps\)")
