@@ -37,13 +37,14 @@ def main() -> dict:
     ap.add_argument("--out", default=None)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--name", default="clue_e5")
+    ap.add_argument("--force", action="store_true", help="redo stages whose recipe changed (edgekit run --force)")
     args = ap.parse_args()
     command = "python benchmarks/clue.py" + "".join(f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                  if v is not None and k != "name")
+                                                  if v not in (None, False, True) and k != "name")
     overrides = {"pipeline": {"data_dir": args.data_dir}} if args.data_dir else {}
     cfg = load_pipeline_config(ROOT / args.recipe if not Path(args.recipe).is_absolute() else args.recipe, overrides)
     start = time.perf_counter()
-    report = run_pipeline(cfg, args.out, command=command)
+    report = run_pipeline(cfg, args.out, force=args.force, command=command)
     out_dir = Path(report["run_dir"])
     stage_seconds = {}
     for marker in out_dir.rglob("stage.json"):

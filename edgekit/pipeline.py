@@ -60,6 +60,7 @@ class TaskEntry:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     max_steps: int | None = None
+    teacher_max_steps: int | None = None   # the teacher row's steps (default: max_steps)
     eval_every: int | None = None
 
 
@@ -177,12 +178,13 @@ class Pipeline:
         if reference == "teacher":
             base = merge(base, self.cfg.teacher_finetune)
         task = {k: v for k, v in to_dict(entry).items()
-                if k not in ("max_steps", "eval_every") and v is not None}
+                if k not in ("max_steps", "teacher_max_steps", "eval_every") and v is not None}
         if "data_dir" not in task and self.cfg.pipeline.data_dir:
             task["data_dir"] = str(Path(self.cfg.pipeline.data_dir) / entry.name)
         over = {"model": model, "task": task}
-        if entry.max_steps is not None:
-            over["train"] = {"max_steps": entry.max_steps}
+        steps = entry.teacher_max_steps if reference == "teacher" and entry.teacher_max_steps else entry.max_steps
+        if steps is not None:
+            over["train"] = {"max_steps": steps}
         if entry.eval_every is not None:
             over["finetune"] = {"eval_every": entry.eval_every}
         return load_config(FinetuneConfig, None, merge(base, over))
