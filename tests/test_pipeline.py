@@ -30,7 +30,7 @@ def tiny_recipe(teacher, corpus, reviews, references=("teacher", "dense", "basel
     return {
         "pipeline": {"teacher": str(teacher), "references": list(references),
                      "tasks": [{"name": "jsonl", "data_dir": str(reviews), "text_field": "text", "label_field": "y",
-                                "max_length": 24}]},
+                                "max_length": 24, "teacher_max_steps": 10}]},
         "distill": {"student": dict(TINY_STUDENT), "vocab": {"trim": "true"},
                     "data": {"corpus": [str(corpus)], "max_length": 32},
                     "train": {**train, "max_steps": 8, "lr": 1e-3}},
@@ -99,8 +99,11 @@ def test_pipeline_runs_skips_and_refuses_stale_stages(tiny_teacher, tiny_corpus,
     forced = run_pipeline(load_pipeline_config(None, changed), out, force=True, echo=lambda s: None)
     status = {s["stage"]: s["status"] for s in forced["stages"]}
     assert status["distill"] == status["prune"] == "skipped (finished earlier)"
-    for redone in ("finetune/jsonl", "reference/teacher/jsonl", "export/jsonl", "eval/bundle/jsonl", "eval/pruned/jsonl"):
+    for redone in ("finetune/jsonl", "reference/dense/jsonl", "export/jsonl", "eval/bundle/jsonl", "eval/pruned/jsonl"):
         assert status[redone] == "ran", redone
+    # the teacher row runs its own teacher_max_steps, so its recipe did not change: kept
+    assert status["reference/teacher/jsonl"] == status["eval/teacher/jsonl"] == "skipped (finished earlier)"
+    assert json.loads((out / "reference" / "teacher" / "jsonl" / "results.json").read_text())["steps"] == 10
     assert json.loads((out / "finetune" / "jsonl" / "results.json").read_text())["steps"] == 12
 
 
