@@ -269,3 +269,20 @@ def test_cli_export_and_errors(tiny_classifier, tmp_path, capsys):
         lines = [line for line in stderr.splitlines() if line.startswith("error:")]
         assert code == 2 and len(lines) == 1 and pattern in lines[0] and "Traceback" not in stderr, stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_decided_agreement_by_hand():
+    import numpy as np
+
+    from edgekit.export.parity import decided_agreement
+
+    ref = np.tile([2.0, 0.0], (20, 1))  # 20 examples, margin 2
+    ref[1] = [1.0, 0.985]               # a near-tie: margin 0.015
+    got = ref + [0.0, 0.01]             # every example moves by 0.01, so the noise (90th percentile) is 0.01
+    got[1] = [0.99, 1.0]                # the near-tie flips: margin 0.015 <= 2 * 0.01
+    a = decided_agreement(ref, got)
+    assert a["noise"] == pytest.approx(0.01) and a["near_ties"] == 1
+    assert a["agreement"] == 1.0 and a["raw_agreement"] == pytest.approx(19 / 20)
+    got[3] = [0.0, 4.5]                 # a flip with a clear margin (2.0 > 0.02): a real disagreement
+    a = decided_agreement(ref, got)
+    assert a["near_ties"] == 1 and a["agreement"] == pytest.approx(18 / 19) and a["raw_agreement"] == pytest.approx(0.9)
