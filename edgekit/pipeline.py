@@ -387,7 +387,8 @@ class Pipeline:
                 return "resume"
             why = _changed_keys(read_json(previous).get("config", {}), stage.config) if previous.is_file() else []
             reason = (f"it was started with a different recipe ({', '.join(why[:4])})" if why else
-                      "it was not started by this pipeline (or by an older recipe)")
+                      "it was started with different inputs or by another edgekit version" if previous.is_file() else
+                      "it was not started by this pipeline")
         else:
             return "new"
         if not self.force:
