@@ -23,7 +23,7 @@ from edgekit.config import load_config, to_dict
 from edgekit.data import ResumableBatches, TokenizedCorpus
 from edgekit.distill import check_run_dir
 from edgekit.errors import UserError
-from edgekit.io import RunDir, read_json, write_json
+from edgekit.io import RunDir, read_json
 from edgekit.tasks import Task, load_task
 from edgekit.train import Trainer, TrainConfig, init_distributed
 
