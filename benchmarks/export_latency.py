@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from edgekit.early_exit import EarlyExitClassifier  # noqa: E402
-from edgekit.export.tflite import TFLiteGraph, calibration_inputs_from_texts, export_tflite  # noqa: E402
+from edgekit.export.tflite import calibration_inputs_from_texts, export_tflite, quantize_tflite  # noqa: E402
+from edgekit_device.tflite_backend import TFLiteBackend  # noqa: E402
 from edgekit.prune import MagnitudePruner  # noqa: E402
-from edgekit.quantize import quantize_tflite  # noqa: E402
 from edgekit.student import StudentConfig, build_student  # noqa: E402
 
 VOCAB = ROOT.parent / "shared" / "data" / "vocab" / "bert-base-chinese"
@@ -118,8 +118,8 @@ def _onnx_session(path):
 
 def _export_onnx(model, exit_layer: int, length: int, work: Path) -> dict[str, Path]:
     """edgekit's fixed ONNX graph (export/BUNDLE.md) in fp32 and dynamic int8."""
-    from edgekit.export.graphs import export_copy, export_onnx, graph_specs
-    from edgekit.export.onnx_int8 import quantize_onnx
+    from edgekit.export.graphs import export_copy
+    from edgekit.export.onnx import export_onnx, graph_specs, quantize_onnx
 
     module, args, entry = graph_specs(export_copy(model), "fixed", exit_layer, length)["model"]
     fp32 = export_onnx(module, args, work / f"onnx-k{exit_layer}-t{length}.onnx", entry)
@@ -178,11 +178,11 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
             full = export_tflite(student, work / f"tflite-full-k{k}-t{length}", exit_layer=k, max_length=length,
                                  int8="full", calibration_inputs=calibration)
             for precision, path in (("fp32", fp32.files[0]), ("int8-dynamic", dynamic), ("int8-full", full.files[0])):
-                graph = TFLiteGraph(path, num_threads=1)
+                graph = TFLiteBackend(path, num_threads=1)
                 key = ("student 80% pruned", "tflite", precision, k, length)
-                runners[key] = lambda graph=graph, feeds32=feeds32: graph(**feeds32)
+                runners[key] = lambda graph=graph, feeds32=feeds32: graph.run(feeds32)
                 rows[key] = {"files": [path], "gzip": k == exits[-1],
-                             "delta": np.abs(graph(**feeds32)["logits"] - reference).max()}
+                             "delta": np.abs(graph.run(feeds32)["logits"] - reference).max()}
             print(f"converted T={length} k={k} ({time.time() - started:.0f} s)", flush=True)
 
         if peer:

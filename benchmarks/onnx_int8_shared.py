@@ -4,8 +4,9 @@
 
 The ONNX rows of ``export_latency.py`` (same student, inputs, sessions and interleaved timing, imported
 from it) without the TFLite conversions and the teacher, for checking the int8 ONNX graphs alone.
-``--old-int8`` adds rows quantized by another version of ``edgekit/export/onnx_int8.py`` (e.g. the one
-before shared weights were quantized at every use: ``git show REV:edgekit/export/onnx_int8.py``).
+``--old-int8`` adds rows quantized by another version of the ONNX int8 module (``edgekit/export/onnx.py``;
+``edgekit/export/onnx_int8.py`` before the backends were reorganised, e.g. the one before shared weights
+were quantized at every use: ``git show REV:edgekit/export/onnx_int8.py``).
 Writes ``benchmarks/results/onnx_int8_shared.{json,md}``.
 """
 
@@ -52,11 +53,11 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=[128])
     parser.add_argument("--exits", type=int, nargs="+", default=[1, 2, 6, 24])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--old-int8", help="another onnx_int8.py whose quantize_onnx gives extra 'int8 (old)' rows")
+    parser.add_argument("--old-int8", help="another onnx.py / onnx_int8.py whose quantize_onnx gives extra 'int8 (old)' rows")
     parser.add_argument("--out", default=str(bench.ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    from edgekit.export.graphs import export_copy, export_onnx, graph_specs
-    from edgekit.export.onnx_int8 import quantize_onnx
+    from edgekit.export.graphs import export_copy
+    from edgekit.export.onnx import export_onnx, graph_specs, quantize_onnx
 
     variants = {"int8": quantize_onnx}
     if args.old_int8:
@@ -98,7 +99,7 @@ def main(argv=None):
              f"Machine: {os.cpu_count()} cores shared with other jobs (load average {result['load_before']} before, "
              f"{result['load_after']} after); batch 1, one onnxruntime thread  ", "",
              "Paper-shape student (24 shared layers, hidden 768, 80% pruned), edgekit `fixed` ONNX graph computing k "
-             f"layers, dynamic int8 via `edgekit.export.onnx_int8.quantize_onnx`. Cells: **CPU ms** (wall ms), medians "
+             f"layers, dynamic int8 via `edgekit.export.onnx.quantize_onnx`. Cells: **CPU ms** (wall ms), medians "
              f"of {args.rounds} interleaved rounds (`export_latency._measure`). Ops: MatMul / MatMulInteger / MatMul "
              "still on an fp32 weight.", ""]
     for length in args.lengths:

@@ -26,7 +26,7 @@ def resolve_teacher(spec: str) -> Path:
     if spec in BUILTIN_TEACHERS:
         target = edgekit_home() / "teachers" / spec
         if not (target / "config.json").exists():
-            from edgekit.teachers.e5 import import_e5_small
+            from edgekit.teachers import import_e5_small
 
             import_e5_small(target, overwrite=True)
         return target

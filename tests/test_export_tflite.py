@@ -13,9 +13,9 @@ import torch
 
 from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
-from edgekit.export.tflite import export_tflite, tflite_logits
+from edgekit.export.tflite import export_tflite, op_counts, tflite_logits, weight_tensors
 from edgekit.prune import MagnitudePruner
-from edgekit.quantize import agreement, op_counts, pruned_masks, weight_tensors, zeros_kept
+from edgekit.quantize import agreement, pruned_masks, zeros_kept
 from edgekit.student import StudentConfig, build_student
 from edgekit_device import BundleError
 from edgekit_device.tflite_backend import TFLiteBackend

@@ -70,7 +70,7 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
     meta = json.loads((model_dir / "edgekit.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and meta["stage"] == "finetune"
 
-    from edgekit.evaluate import evaluate
+    from edgekit.eval import evaluate
 
     ev = evaluate(model_dir, "jsonl", separable, text_field="review", label_field="y")
     assert ev["examples"] == 40 and len(ev["accuracy_per_exit"]) == 3
@@ -85,7 +85,7 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
         for a, b in zip(eb["accuracy_per_exit"], ev["accuracy_per_exit"]):
             assert abs(a - b) <= tolerance + 1e-9, (int8, eb["accuracy_per_exit"], ev["accuracy_per_exit"])
 
-    from edgekit.compare import compare
+    from edgekit.eval import compare
     from edgekit.io import write_json
 
     write_json(tmp_path / "evals" / "eval_student.json", {**ev, "name": "tiny-student"})

@@ -134,7 +134,7 @@ def test_stage_commands_read_their_section_of_a_pipeline_recipe():
     from edgekit.distill import load_distill_config
     from edgekit.finetune import load_finetune_config
     from edgekit.pipeline import load_pipeline_config
-    from edgekit.prune.stage import load_prune_config
+    from edgekit.prune import load_prune_config
 
     recipe = ROOT / "recipes" / "quickstart.yaml"
     d = load_distill_config(recipe)

@@ -323,7 +323,7 @@ def test_paper_shape_student_at_80_percent():
 
 
 def test_fine_tuning_a_pruned_model_keeps_its_zeros():
-    from edgekit.prune.stage import fixed_mask_callback
+    from edgekit.prune import fixed_mask_callback
 
     model = tiny_classifier()
     assert fixed_mask_callback(model) is None  # dense: nothing to keep

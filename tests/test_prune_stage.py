@@ -9,7 +9,7 @@ from transformers import AlbertModel
 
 from conftest import tiny_distill_overrides
 from edgekit.distill import distill, load_distill_config
-from edgekit.prune.stage import load_prune_config, prune
+from edgekit.prune import load_prune_config, prune
 from test_cli_errors import assert_clean_error, run_cli
 
 

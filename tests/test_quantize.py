@@ -18,7 +18,7 @@ from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
 from edgekit.prune import MagnitudePruner
 from edgekit.quantize import agreement, load_quantized, quantize_pytorch, zeros_kept
-from edgekit.quantize.tflite import quantize_tflite
+from edgekit.export.tflite import quantize_tflite
 from edgekit.student import StudentConfig, build_student
 
 MAX_LENGTH = 32

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from edgekit_device import Predictor, Tokenizer, load_bundle
 from edgekit_device.backend import Backend
 from edgekit_device.runtime import prediction_entropy
 
+ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 MAX_LENGTH = 24  # truncation length of the tokenizer goldens (many TNEWS titles are longer)
 
@@ -101,7 +103,10 @@ def tnews_sentences(n: int, split: str = "dev.json") -> list[str]:
 def golden_texts(n_zh: int = 200, n_en: int = 40, n_fuzz: int = 200) -> list[str]:
     """TNEWS sentences, English probe sentences, the export's probe texts, TRICKY and random strings."""
     from edgekit.export.parity import PROBE_TEXTS
-    from edgekit.teachers.e5_reference import english_probe_sentences
+
+    if str(ROOT) not in sys.path:  # the English probe sentences live with the tests' e5 oracle
+        sys.path.insert(0, str(ROOT))
+    from tests.oracles.e5_reference import english_probe_sentences
 
     return tnews_sentences(n_zh) + english_probe_sentences(n_en) + list(PROBE_TEXTS) + TRICKY + fuzz_texts(n_fuzz)
 

@@ -1,7 +1,6 @@
 """Writing a bundle directory: the device tokenizer, labels, and ``manifest.json`` (``export/BUNDLE.md``).
 
-The graph files come from the format's exporter (``graphs.py`` + ``onnx_int8.py`` for ONNX,
-``tflite.py`` for TFLite); everything else a device needs is written here, the same for both.
+The graph files come from the format's backend (``onnx.py``, ``tflite.py``); everything else a device needs is written here, the same for both.
 """
 
 from __future__ import annotations

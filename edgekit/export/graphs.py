@@ -1,4 +1,4 @@
-"""The ONNX graphs of an early-exit ALBERT classifier, and their export with torch.onnx.
+"""The graphs of an early-exit ALBERT classifier, described once for every export format.
 
 Two layouts (``export/BUNDLE.md``):
 
@@ -8,28 +8,58 @@ Two layouts (``export/BUNDLE.md``):
   ALBERT's one shared layer, stored once) and ``head`` (hidden -> logits from [CLS]). The runtime
   loops ``layer`` and may stop after any application of it.
 
-The modules compute exactly what ``EarlyExitClassifier`` computes, with three export-minded
-choices: the padding mask is built in the graph as an additive float mask (what transformers'
-eager attention receives), attention is transformers' eager implementation (plain MatMul and
-Softmax), and the head keeps a length-1 sequence axis so the pooler and classifier stay MatMul
-nodes, which int8 quantization handles (2D inputs would become Gemm, which it skips). The embed
-graph stores only the position embeddings below ``max_length``, the longest input the runtime
-feeds.
+The modules compute exactly what ``EarlyExitClassifier`` computes, through the pieces of
+``edgekit.albert``, with export-minded choices: the padding mask is built in the graph as an
+additive float mask (plain CAST/SUB/MUL/ADD), attention is transformers' eager implementation
+(plain MatMul and Softmax), and the embed graph stores only the position embeddings below
+``max_length``, the longest input the runtime feeds.
+
+What differs between formats is a ``GraphStyle``: the padding-mask value (the dtype's minimum for
+ONNX; -1e4 for float and dynamic-int8 TFLite; -30 for full-int8 TFLite, whose attention scores
+share one int8 scale: with -1e4 that scale is ~40 per step and every real score rounds to the same
+value, turning attention into a plain average; exp(-30) is 1e-13, so masked keys still get no
+weight) and whether the head reads [CLS] with a length-1 sequence axis (ONNX: the pooler and
+classifier stay MatMul nodes, which int8 quantization handles). Each backend (``onnx``, ``tflite``)
+names the graphs' inputs and outputs its own way.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from edgekit.early_exit import EarlyExitClassifier, _layer
+from edgekit.albert import additive_mask, apply_layer, classifier_head
+from edgekit.early_exit import EarlyExitClassifier
 
-OPSET = 17
-BATCH, SEQUENCE = "batch", "sequence"
+LAYOUTS = ("fixed", "per-layer")
+# The inputs of each graph, by name, in the order its forward takes them.
+GRAPH_INPUTS = {"model": ("input_ids", "attention_mask"), "embed": ("input_ids",),
+                "layer": ("hidden", "attention_mask"), "head": ("hidden",)}
+
+
+@dataclass(frozen=True)
+class GraphStyle:
+    """What a format needs differently from the same graphs (see the module docstring)."""
+
+    mask_value: float | None = None       # None: the dtype's minimum
+    head_keeps_sequence_axis: bool = False
+    # Static shapes (TFLite): the position and token-type embeddings of the one input length are
+    # added as one (1, T, E) constant, which the converter stores as it is; a dynamic length
+    # (ONNX) gathers the position rows it needs.
+    static_length: bool = False
+    # Return {output name: tensor} (litert-torch names a signature's outputs after the dict's keys)
+    # instead of the tensor (the ONNX exporter takes output names as an argument).
+    named_outputs: bool = False
+
+
+def _output(style: GraphStyle, name: str, value: torch.Tensor):
+    return {name: value} if style.named_outputs else value
 
 
 def export_copy(classifier: EarlyExitClassifier) -> EarlyExitClassifier:
@@ -39,115 +69,126 @@ def export_copy(classifier: EarlyExitClassifier) -> EarlyExitClassifier:
     return clone
 
 
-def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 padding mask -> (B, 1, 1, T): 0 for tokens, the dtype's minimum for padding."""
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
 class EmbedGraph(nn.Module):
     """input_ids -> hidden (B, T, H): word + token-type-0 + position embeddings, LayerNorm, E->H projection."""
 
-    def __init__(self, classifier: EarlyExitClassifier, max_length: int):
+    def __init__(self, classifier: EarlyExitClassifier, max_length: int, style: GraphStyle = GraphStyle()):
         super().__init__()
         albert = classifier.model.albert
         emb = albert.embeddings
         self.word = emb.word_embeddings
-        self.position = nn.Embedding.from_pretrained(emb.position_embeddings.weight[:max_length].detach().clone())
+        positions = emb.position_embeddings.weight[:max_length].detach().clone()
         # Single texts have token type 0 everywhere (what AlbertEmbeddings uses without token_type_ids).
-        self.register_buffer("type0", emb.token_type_embeddings.weight[0].detach().clone())
+        type0 = emb.token_type_embeddings.weight[0].detach().clone()
+        self.static_length = style.static_length
+        if self.static_length:
+            self.register_buffer("position_type0", (type0 + positions)[None])
+        else:
+            self.position = nn.Embedding.from_pretrained(positions)
+            self.register_buffer("type0", type0)
         self.norm = emb.LayerNorm
         self.project = albert.encoder.embedding_hidden_mapping_in
+        self.style = style
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.word(input_ids) + self.type0  # the order of AlbertEmbeddings' sums
-        x = x + self.position(positions)
-        return self.project(self.norm(x))
+        if self.static_length:
+            x = self.word(input_ids) + self.position_type0
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            x = self.word(input_ids) + self.type0  # the order of AlbertEmbeddings' sums
+            x = x + self.position(positions)
+        return _output(self.style, "hidden", self.project(self.norm(x)))
 
 
 class LayerGraph(nn.Module):
     """(hidden, attention_mask) -> hidden: one application of the layer all depths share."""
 
-    def __init__(self, classifier: EarlyExitClassifier):
+    def __init__(self, classifier: EarlyExitClassifier, style: GraphStyle = GraphStyle()):
         super().__init__()
         self.albert = classifier.model.albert
+        self.style = style
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return _layer(self.albert, 0, hidden, additive_mask(attention_mask, hidden.dtype))
+        mask = additive_mask(attention_mask, hidden.dtype, self.style.mask_value)
+        return _output(self.style, "hidden", apply_layer(self.albert, 0, hidden, mask))
 
 
 class HeadGraph(nn.Module):
     """hidden (B, T, H) -> logits (B, C): pooler + tanh + classifier on [CLS], as ``EarlyExitClassifier.head``."""
 
-    def __init__(self, classifier: EarlyExitClassifier):
+    def __init__(self, classifier: EarlyExitClassifier, style: GraphStyle = GraphStyle()):
         super().__init__()
-        self.pooler = classifier.model.albert.pooler
-        self.classifier = classifier.model.classifier
+        self.model = classifier.model
+        self.style = style
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        cls = hidden[:, :1]  # (B, 1, H): a 3D input keeps both linears MatMul nodes
-        return self.classifier(torch.tanh(self.pooler(cls)))[:, 0]
+        logits = classifier_head(self.model, hidden, keep_sequence_axis=self.style.head_keeps_sequence_axis)
+        return _output(self.style, "logits", logits)
 
 
 class FixedGraph(nn.Module):
     """(input_ids, attention_mask) -> logits after exactly ``exit_layer`` layers."""
 
-    def __init__(self, classifier: EarlyExitClassifier, exit_layer: int, max_length: int):
+    def __init__(self, classifier: EarlyExitClassifier, exit_layer: int, max_length: int,
+                 style: GraphStyle = GraphStyle()):
         super().__init__()
-        self.embed = EmbedGraph(classifier, max_length)
+        inner = dataclasses.replace(style, named_outputs=False)
+        self.embed = EmbedGraph(classifier, max_length, inner)
         self.albert = classifier.model.albert
-        self.head = HeadGraph(classifier)
+        self.head = HeadGraph(classifier, inner)
         self.exit_layer = exit_layer
+        self.style = style
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embed(input_ids)
-        mask = additive_mask(attention_mask, hidden.dtype)
+        mask = additive_mask(attention_mask, hidden.dtype, self.style.mask_value)
         for index in range(self.exit_layer):
-            hidden = _layer(self.albert, index, hidden, mask)
-        return self.head(hidden)
+            hidden = apply_layer(self.albert, index, hidden, mask)
+        return _output(self.style, "logits", self.head(hidden))
 
 
-def _tensor(name: str, dtype: str, axes: list[str], sizes: dict) -> dict:
-    return {"name": name, "dtype": dtype, "shape": [sizes.get(a) for a in axes], "axes": axes}
-
-
-def graph_specs(classifier: EarlyExitClassifier, layout: str, exit_layer: int, max_length: int) -> dict:
-    """{graph name: (module, example inputs, manifest entry)} for a layout."""
-    config = classifier.model.config
-    sizes = {"hidden": config.hidden_size, "labels": config.num_labels}  # batch and sequence stay dynamic
-    ids = torch.full((2, 8), config.pad_token_id or 0, dtype=torch.long)
-    mask = torch.ones(2, 8, dtype=torch.long)
-    hidden = torch.zeros(2, 8, config.hidden_size)
-    token_axes, hidden_axes, logit_axes = [BATCH, SEQUENCE], [BATCH, SEQUENCE, "hidden"], [BATCH, "labels"]
+def build_graphs(classifier: EarlyExitClassifier, layout: str, exit_layer: int, max_length: int,
+                 style: GraphStyle) -> dict[str, nn.Module]:
+    """{graph name: eval-mode module} of a layout: ``model``, or ``embed``, ``layer`` and ``head``."""
     if layout == "fixed":
-        return {"model": (FixedGraph(classifier, exit_layer, max_length), (ids, mask), {
-            "inputs": [_tensor("input_ids", "int64", token_axes, sizes), _tensor("attention_mask", "int64", token_axes, sizes)],
-            "outputs": [_tensor("logits", "float32", logit_axes, sizes)]})}
-    return {
-        "embed": (EmbedGraph(classifier, max_length), (ids,), {
-            "inputs": [_tensor("input_ids", "int64", token_axes, sizes)],
-            "outputs": [_tensor("hidden", "float32", hidden_axes, sizes)]}),
-        "layer": (LayerGraph(classifier), (hidden, mask), {
-            "inputs": [_tensor("hidden", "float32", hidden_axes, sizes), _tensor("attention_mask", "int64", token_axes, sizes)],
-            "outputs": [_tensor("next_hidden", "float32", hidden_axes, sizes)]}),
-        "head": (HeadGraph(classifier), (hidden,), {
-            "inputs": [_tensor("hidden", "float32", hidden_axes, sizes)],
-            "outputs": [_tensor("logits", "float32", logit_axes, sizes)]}),
-    }
+        return {"model": FixedGraph(classifier, exit_layer, max_length, style).eval()}
+    return {"embed": EmbedGraph(classifier, max_length, style).eval(), "layer": LayerGraph(classifier, style).eval(),
+            "head": HeadGraph(classifier, style).eval()}
 
 
-def export_onnx(module: nn.Module, args: tuple, path: Path, entry: dict) -> Path:
-    """torch.onnx.export with the manifest entry's names and dynamic batch / sequence axes."""
-    names_in = [t["name"] for t in entry["inputs"]]
-    names_out = [t["name"] for t in entry["outputs"]]
-    dynamic = {t["name"]: {i: axis for i, axis in enumerate(t["axes"]) if axis in (BATCH, SEQUENCE)}
-               for t in entry["inputs"] + entry["outputs"]}
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter: seconds per graph where torch.export takes a minute for 24
-        # unrolled layers, and its output is what onnxruntime's quantizer expects. It warns that it
-        # is legacy, and traces shape-dependent Python conditions in transformers that are
-        # constant for these graphs (the parity check runs other shapes through the result).
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    return path
+def _tensor_output(graph: nn.Module):
+    if not graph.style.named_outputs:
+        return graph
+    return lambda *args: next(iter(graph(*args).values()))
+
+
+def calibration_feeds(graphs: dict[str, nn.Module], name: str, batches: list[tuple[np.ndarray, np.ndarray]],
+                      depth: int, limit: int) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of graph ``name`` for int8 range calibration, computed lazily with the PyTorch graphs.
+
+    ``batches`` are (input_ids, attention_mask) arrays in the dtype the graph takes. The shared
+    layer and the head see the hidden states of every depth, so they are calibrated on all depths,
+    at most ``limit`` layer applications in all: batch b contributes the depths d with
+    (b + d) % stride == 0, which spreads the texts over the depths. The fixed graph (all k layers
+    per feed) gets ``limit // depth`` batches; the embed graph every batch.
+    """
+    if name == "model":
+        for ids, mask in batches[:max(1, limit // depth)]:
+            yield {"input_ids": ids, "attention_mask": mask}
+        return
+    if name == "embed":
+        for ids, _ in batches:
+            yield {"input_ids": ids}
+        return
+    embed, layer = (_tensor_output(graphs[name]) for name in ("embed", "layer"))
+    stride = max(1, -(-len(batches) * depth // limit))
+    with torch.no_grad():
+        for b, (ids, mask) in enumerate(batches):
+            hidden = embed(torch.from_numpy(ids))
+            for d in range(depth):
+                keep = (b + d) % stride == 0
+                if keep and name == "layer":
+                    yield {"hidden": hidden.numpy(), "attention_mask": mask}
+                hidden = layer(hidden, torch.from_numpy(mask))
+                if keep and name == "head":
+                    yield {"hidden": hidden.numpy()}

@@ -1,33 +1,38 @@
-"""TFLite export of the early-exit classifier through litert-torch (M6-Rec section 3.5, the phone side).
+"""The TFLite backend of export (M6-Rec section 3.5, the phone side): the graphs of
+``edgekit.export.graphs`` converted with litert-torch, quantized with ai-edge-quantizer, and read
+back with the ``tflite`` flatbuffer package.
 
-Two graph layouts, as on the ONNX side:
-
-- ``fixed``: one graph ``model.tflite``, (input_ids, attention_mask) -> logits after exactly k
-  layers. Layers above k are not in the file's program, so it costs k layers of compute.
-- ``per-layer``: three graphs, ``embed.tflite`` (input_ids -> hidden), ``layer.tflite`` (the one
-  ALBERT layer all depths share: hidden, attention_mask -> hidden) and ``head.tflite`` (hidden ->
-  logits). The device runs embed, loops the layer and reads the head wherever it wants to exit,
-  so one bundle serves every exit, including per-example (dynamic) exits.
+Layouts as on the ONNX side: ``fixed`` (one ``model.tflite``: input_ids, attention_mask -> logits
+after exactly k layers) or ``per-layer`` (``embed.tflite``, ``layer.tflite``, ``head.tflite``: the
+device runs embed, loops the one shared layer and reads the head wherever it wants to exit).
 
 Shapes are static, ``[batch_size, max_length]`` (what NPU delegates need); inputs are int32,
 the TFLite index type (litert-torch narrows int64 to int32). Token type ids are not an input:
-single-text classification uses type 0 throughout, which the graph takes from the model's buffer.
+single-text classification uses type 0 throughout. Signature outputs are named ``logits`` and
+``hidden`` (the graphs return dicts: ``GraphStyle.named_outputs``).
 
-The padding mask is built inside the graph as an additive float mask, ``(1 - mask) * mask_value``,
-instead of through transformers' mask helper, and attention runs transformers' eager
-implementation: both lower to plain TFLite ops (CAST, SUB, MUL, ADD, BATCH_MATMUL, SOFTMAX).
-``mask_value`` is -1e4 for float and dynamic-int8 graphs; full int8 uses -30, because the
-scores after the mask is added share one int8 scale: with -1e4 that scale is ~40 per step and
-every real score rounds to the same value, which turns attention into a plain average. exp(-30)
-is 1e-13, so the masked keys still get no weight.
+The padding-mask value is -1e4 for float and dynamic-int8 graphs and -30 for full int8
+(``tflite_style``; why in ``edgekit.export.graphs``).
+
+Two int8 schemes:
+
+- ``"dynamic"``: int8 weights, per output channel, symmetric; activations stay float and the
+  kernels quantize them on the fly (``recipe.dynamic_wi8_afp32``). No data needed.
+- ``"full"``: int8 weights and int8 activations (``recipe.static_wi8_ai8``), activation ranges
+  calibrated on sample inputs. The embedding table, which the static recipe leaves in float,
+  gets int8 weights as in the dynamic scheme, so the file is as small as the dynamic one.
+
+Weights are quantized symmetrically (zero point 0), so a weight pruned to 0.0 is stored as the
+integer 0: sparsity survives quantization. ``weight_tensors`` reads the stored constants back,
+which is how the tests count those zeros.
 """
 
 from __future__ import annotations
 
-import copy
+import collections
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,85 +40,41 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.early_exit import EarlyExitClassifier, _check_layer, _embed, _layer
+from edgekit.albert import check_layer
+from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
-from edgekit.quantize.tflite import INT8_SCHEMES, quantize_tflite
+from edgekit.export.graphs import GRAPH_INPUTS, LAYOUTS, GraphStyle, build_graphs, calibration_feeds, export_copy
 
 __all__ = [
+    "INT8_SCHEMES",
     "LAYOUTS",
     "TFLiteExport",
-    "TFLiteGraph",
-    "additive_attention_mask",
+    "WeightTensor",
     "calibration_inputs_from_texts",
     "export_tflite",
+    "op_counts",
+    "quantize_tflite",
     "tflite_logits",
+    "tflite_style",
+    "weight_tensors",
+    "write_tflite",
 ]
 
-LAYOUTS = ("fixed", "per-layer")
 SIGNATURE = "serving_default"
+INT8_SCHEMES = ("dynamic", "full")
 MASK_VALUE = -1e4
 FULL_INT8_MASK_VALUE = -30.0
 # The per-layer graphs calibrate on (text, depth) pairs; a few hundred are plenty.
 MAX_CALIBRATION_SAMPLES = 256
 
-
-# ---------------------------------------------------------------------------------------------
-# The graphs
+Feeds = Mapping[str, np.ndarray]
 
 
-def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype, mask_value: float) -> torch.Tensor:
-    """(B, T) 1/0 padding mask -> (B, 1, 1, T) additive mask: 0 for tokens, ``mask_value`` for padding."""
-    return (1.0 - attention_mask.to(dtype))[:, None, None, :] * mask_value
-
-
-class FixedExitGraph(nn.Module):
-    """(input_ids, attention_mask) -> {"logits"} after exactly ``exit_layer`` layers."""
-
-    def __init__(self, classifier: EarlyExitClassifier, exit_layer: int, mask_value: float):
-        super().__init__()
-        self.classifier, self.exit_layer, self.mask_value = classifier, exit_layer, mask_value
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        albert = self.classifier.model.albert
-        hidden = _embed(albert, input_ids, None)
-        mask = additive_attention_mask(attention_mask, hidden.dtype, self.mask_value)
-        for index in range(self.exit_layer):
-            hidden = _layer(albert, index, hidden, mask)
-        return {"logits": self.classifier.head(hidden)}
-
-
-class EmbedGraph(nn.Module):
-    """input_ids -> {"hidden"}: the input of layer 1 (embeddings projected to the hidden size)."""
-
-    def __init__(self, classifier: EarlyExitClassifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"hidden": _embed(self.classifier.model.albert, input_ids, None)}
-
-
-class SharedLayerGraph(nn.Module):
-    """(hidden, attention_mask) -> {"hidden"}: one application of the layer every depth shares."""
-
-    def __init__(self, classifier: EarlyExitClassifier, mask_value: float):
-        super().__init__()
-        self.classifier, self.mask_value = classifier, mask_value
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        mask = additive_attention_mask(attention_mask, hidden.dtype, self.mask_value)
-        return {"hidden": _layer(self.classifier.model.albert, 0, hidden, mask)}
-
-
-class HeadGraph(nn.Module):
-    """hidden -> {"logits"}: the head all exits share (pooler on [CLS], tanh, classifier)."""
-
-    def __init__(self, classifier: EarlyExitClassifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.classifier.head(hidden)}
+def tflite_style(int8: str | None, mask_value: float | None = None) -> GraphStyle:
+    """The graphs' style for TFLite: -1e4 padding (-30 for full int8) unless ``mask_value`` is given."""
+    if mask_value is None:
+        mask_value = FULL_INT8_MASK_VALUE if int8 == "full" else MASK_VALUE
+    return GraphStyle(mask_value=mask_value, head_keeps_sequence_axis=False, static_length=True, named_outputs=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,16 +101,9 @@ def _as_classifier(model) -> EarlyExitClassifier:
                     f"AlbertForSequenceClassification), got {type(model).__name__}.")
 
 
-def _export_copy(model) -> EarlyExitClassifier:
-    """A float32, eval-mode copy that uses eager attention (the user's model is left as it was)."""
-    classifier = copy.deepcopy(_as_classifier(model)).float().eval()
-    classifier.model.config._attn_implementation = "eager"
-    return classifier
-
-
 def _check_args(classifier: EarlyExitClassifier, exit_layer, max_length, int8, layout, batch_size) -> int:
     depth = classifier.depth
-    exit_layer = depth if exit_layer is None else _check_layer("exit_layer", exit_layer, depth)
+    exit_layer = depth if exit_layer is None else check_layer("exit_layer", exit_layer, depth)
     limit = classifier.model.config.max_position_embeddings
     if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= limit:
         raise UserError(f"max_length must be an integer in 1..{limit} (the model's position embeddings), "
@@ -188,33 +142,6 @@ def _calibration_batches(calibration_inputs, batch_size: int, max_length: int) -
         raise UserError(f"calibration needs at least batch_size={batch_size} examples, got {ids.shape[0]}.")
     return [{"input_ids": ids[i:i + batch_size], "attention_mask": mask[i:i + batch_size]}
             for i in range(0, n, batch_size)]
-
-
-def _per_layer_calibration(classifier: EarlyExitClassifier, batches: list[dict[str, np.ndarray]],
-                           mask_value: float) -> dict:
-    """Calibration feeds of the three per-layer graphs: hidden states of every depth, from torch.
-
-    The shared layer and the head see every depth, so their ranges must cover every depth. Text b
-    keeps the depths d with (b + d) % stride == 0: about ``MAX_CALIBRATION_SAMPLES`` pairs in all.
-    """
-    albert = classifier.model.albert
-    stride = max(1, -(-len(batches) * classifier.depth // MAX_CALIBRATION_SAMPLES))
-    embed, layer, head = [], [], []
-    with torch.no_grad():
-        for b, feeds in enumerate(batches):
-            ids = torch.from_numpy(feeds["input_ids"])
-            mask = torch.from_numpy(feeds["attention_mask"])
-            hidden = _embed(albert, ids, None)
-            additive = additive_attention_mask(mask, hidden.dtype, mask_value)
-            embed.append({"input_ids": feeds["input_ids"]})
-            for index in range(classifier.depth):
-                keep = (b + index) % stride == 0  # rotating, so that the texts cover every depth
-                if keep:
-                    layer.append({"hidden": hidden.numpy(), "attention_mask": feeds["attention_mask"]})
-                hidden = _layer(albert, index, hidden, additive)
-                if keep:
-                    head.append({"hidden": hidden.numpy()})
-    return {"embed": embed, "layer": layer, "head": head}
 
 
 def _io_spec(model: bytes) -> dict:
@@ -260,10 +187,9 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
     Returns the files written into ``out_dir`` and metadata describing each graph (file, signature,
     input and output names, dtypes, shapes, quantization, bytes, sha256) for the bundle manifest.
     """
-    classifier = _export_copy(model)
+    classifier = export_copy(_as_classifier(model))
     exit_layer = _check_args(classifier, exit_layer, max_length, int8, layout, batch_size)
-    if mask_value is None:
-        mask_value = FULL_INT8_MASK_VALUE if int8 == "full" else MASK_VALUE
+    style = tflite_style(int8, mask_value)
     batches = None
     if int8 == "full":
         if calibration_inputs is None:
@@ -271,24 +197,24 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
                             "calibration_inputs_from_texts); use int8='dynamic' to quantize without data.")
         batches = _calibration_batches(calibration_inputs, batch_size, max_length)
 
-    ids = torch.ones(batch_size, max_length, dtype=torch.int32)
-    mask = torch.ones(batch_size, max_length, dtype=torch.int32)
-    if layout == "fixed":
-        graphs = {"model": (FixedExitGraph(classifier, exit_layer, mask_value),
-                            {"input_ids": ids, "attention_mask": mask})}
+    graphs = build_graphs(classifier, layout, exit_layer, max_length, style)
+    config = classifier.model.config
+    samples = {"input_ids": torch.ones(batch_size, max_length, dtype=torch.int32),
+               "attention_mask": torch.ones(batch_size, max_length, dtype=torch.int32),
+               "hidden": torch.zeros(batch_size, max_length, config.hidden_size)}
+    calibration = {}
+    if batches and layout == "fixed":
         calibration = {"model": batches}
-    else:
-        hidden = torch.zeros(batch_size, max_length, classifier.model.config.hidden_size)
-        graphs = {"embed": (EmbedGraph(classifier), {"input_ids": ids}),
-                  "layer": (SharedLayerGraph(classifier, mask_value), {"hidden": hidden, "attention_mask": mask}),
-                  "head": (HeadGraph(classifier), {"hidden": hidden})}
-        calibration = _per_layer_calibration(classifier, batches, mask_value) if batches else {}
+    elif batches:
+        pairs = [(b["input_ids"], b["attention_mask"]) for b in batches]
+        calibration = {name: list(calibration_feeds(graphs, name, pairs, classifier.depth, MAX_CALIBRATION_SAMPLES))
+                       for name in graphs}
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, described = [], {}
-    for name, (module, sample) in graphs.items():
-        data = _convert(module, sample)
+    for name, module in graphs.items():
+        data = _convert(module, {k: samples[k] for k in GRAPH_INPUTS[name]})
         if int8 is not None:
             data = quantize_tflite(data, int8, {SIGNATURE: calibration[name]} if int8 == "full" else None)
         path = out_dir / f"{name}.tflite"
@@ -297,7 +223,6 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
         described[name] = {"file": path.name, **_io_spec(data), "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()}
 
-    config = classifier.model.config
     metadata = {
         "format": "tflite",
         "layout": layout,
@@ -307,7 +232,7 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
         "max_length": max_length,
         "batch_size": batch_size,
         "int8": int8,
-        "mask_value": mask_value,
+        "mask_value": style.mask_value,
         "num_labels": config.num_labels,
         "hidden_size": config.hidden_size,
         "graphs": described,
@@ -325,39 +250,189 @@ def calibration_inputs_from_texts(tokenizer, texts: Sequence[str], max_length: i
 
 
 # ---------------------------------------------------------------------------------------------
-# Running an export (parity checks on the build machine; the phone uses edgekit_device)
+# A bundle's graphs
 
 
-class TFLiteGraph:
-    """One exported .tflite graph under ai-edge-litert: float feeds in, float outputs out.
+_AXES = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "sequence"],
+         "hidden": ["batch", "sequence", "hidden"], "next_hidden": ["batch", "sequence", "hidden"],
+         "logits": ["batch", "labels"]}
 
-    Quantized inputs and outputs (full int8) are quantized and dequantized with the tensor's own
-    scale and zero point, so every graph takes and returns float32 / int32 arrays.
+
+def _manifest_tensor(t: dict) -> dict:
+    quantized = t.get("quantization") and t["dtype"] in ("int8", "uint8", "int16")
+    return {"name": t["name"], "dtype": "float32" if quantized else t["dtype"], "shape": list(t["shape"]),
+            "axes": _AXES.get(t["name"], [f"dim{i}" for i in range(len(t["shape"]))]),
+            "stored_dtype": t["dtype"], "quantization": t.get("quantization")}
+
+
+def write_tflite(model, tokenizer, directory: Path, layout: str, exit_layer: int, max_length: int,
+                 scheme: str | None, texts: list[str]) -> tuple[dict, dict | None]:
+    """Write the layout's graphs of ``model`` (an export copy) into ``directory``, float32 or int8.
+
+    ``scheme``: None (float32), ``"dynamic"`` (int8 weights) or ``"static"`` (full int8, ranges
+    calibrated on ``texts``). Returns (the manifest's ``graphs`` entry, its ``quantization``): what
+    ``write_onnx`` returns for ONNX.
     """
+    int8 = {None: None, "dynamic": "dynamic", "static": "full"}[scheme]
+    calibration = calibration_inputs_from_texts(tokenizer, texts, max_length) if scheme == "static" else None
+    result = export_tflite(model, directory, exit_layer=exit_layer, max_length=max_length, int8=int8,
+                           calibration_inputs=calibration, layout=layout, batch_size=1)
+    graphs = {name: {"file": g["file"], "signature": g.get("signature"),
+                     "inputs": [_manifest_tensor(t) for t in g["inputs"]],
+                     "outputs": [_manifest_tensor(t) for t in g["outputs"]]}
+              for name, g in result.metadata["graphs"].items()}
+    quantization = None if int8 is None else {
+        "scheme": int8, "tool": "ai-edge-quantizer",
+        "weights": "int8 (symmetric)", "activations": "float" if int8 == "dynamic" else "int8, calibrated",
+        "mask_value": result.metadata.get("mask_value")}
+    return graphs, quantization
 
-    def __init__(self, path, num_threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
-        self.inputs = self.runner.get_input_details()
-        self.outputs = self.runner.get_output_details()
+# ---------------------------------------------------------------------------------------------
+# int8
 
-    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        prepared = {}
-        for name, detail in self.inputs.items():
-            value = np.asarray(feeds[name])
-            scale, zero_point = detail["quantization"]
-            if scale and np.issubdtype(detail["dtype"], np.integer) and np.issubdtype(value.dtype, np.floating):
-                info = np.iinfo(detail["dtype"])
-                value = np.clip(np.round(value / scale) + zero_point, info.min, info.max)
-            prepared[name] = value.astype(detail["dtype"])
-        raw = self.runner(**prepared)
-        out = {}
-        for name, value in raw.items():
-            scale, zero_point = self.outputs[name]["quantization"]
-            out[name] = (value.astype(np.float32) - zero_point) * scale if scale else value
-        return out
+
+def quantize_tflite(float_model: bytes, scheme: str,
+                    calibration: Mapping[str, Iterable[Feeds]] | Iterable[Feeds] | None = None) -> bytes:
+    """The int8 version of a float .tflite model (bytes in, bytes out).
+
+    ``calibration`` (scheme ``"full"`` only): sample inputs, as a list of ``{input name: array}``
+    for a model with one signature, or ``{signature name: list of feeds}``. Inputs must have the
+    model's exact shapes and dtypes.
+    """
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    if scheme not in INT8_SCHEMES:
+        raise UserError(f"int8 must be one of {', '.join(INT8_SCHEMES)} (or None for float), got {scheme!r}.")
+    if scheme == "dynamic":
+        q = quantizer.Quantizer(bytearray(float_model), recipe.dynamic_wi8_afp32())
+        return bytes(q.quantize(enable_progress_report=False).quantized_model)
+
+    if calibration is None:
+        raise UserError("full int8 quantization needs calibration inputs (a few dozen tokenized sample texts); "
+                        "pass calibration_inputs, or use int8='dynamic', which needs none.")
+    q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
+    # The static recipe leaves EMBEDDING_LOOKUP in float; int8 weights with a float output
+    # (the dynamic kernel) shrink the largest table 4x and cost nothing at runtime.
+    q.add_dynamic_config(".*", qtyping.TFLOperationName.EMBEDDING_LOOKUP, 8)
+    if not isinstance(calibration, Mapping):
+        calibration = {_only_signature(float_model): list(calibration)}
+    calibration = {key: [dict(feeds) for feeds in samples] for key, samples in calibration.items()}
+    if not any(calibration.values()):
+        raise UserError("the calibration set is empty; pass at least one tokenized sample text.")
+    result = q.calibrate(calibration, num_threads=1)
+    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+
+
+def _only_signature(model: bytes) -> str:
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = list(Interpreter(model_content=model).get_signature_list())
+    if len(signatures) != 1:
+        raise UserError(f"the model has signatures {signatures}; give calibration inputs per signature "
+                        "as {signature name: list of feeds}.")
+    return signatures[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a .tflite flatbuffer
+
+
+def _enum_names(enum_class) -> dict[int, str]:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def op_counts(model: bytes) -> collections.Counter:
+    """How many times each builtin operator appears across the model's subgraphs."""
+    import tflite
+    from tflite.BuiltinOperator import BuiltinOperator
+
+    names = _enum_names(BuiltinOperator)
+    m = tflite.Model.GetRootAsModel(model, 0)
+    counts = collections.Counter()
+    for s in range(m.SubgraphsLength()):
+        graph = m.Subgraphs(s)
+        for i in range(graph.OperatorsLength()):
+            code = m.OperatorCodes(graph.Operators(i).OpcodeIndex())
+            # Codes above 127 live in BuiltinCode, older ones in DeprecatedBuiltinCode.
+            counts[names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")] += 1
+    return counts
+
+
+@dataclass
+class WeightTensor:
+    """A constant tensor stored in the model: raw stored values and their quantization."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    values: np.ndarray
+    scales: np.ndarray | None = None
+    zero_points: np.ndarray | None = None
+
+    axis: int = 0
+
+    def zero_mask(self) -> np.ndarray:
+        """Where the stored value means 0.0: the zero point of its channel, or 0 when not quantized."""
+        zp = self.zero_points
+        if zp is None or zp.size == 0:
+            return self.values == 0
+        if zp.size == 1:
+            return self.values == zp.item()
+        shape = [1] * self.values.ndim
+        shape[self.axis] = -1
+        return self.values == zp.reshape(shape)
+
+    @property
+    def zeros(self) -> int:
+        return int(self.zero_mask().sum())
+
+
+_NUMPY = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT8": np.int8, "UINT8": np.uint8,
+          "INT16": np.int16, "INT32": np.int32, "INT64": np.int64}
+
+
+def weight_tensors(model: bytes, min_elements: int = 2) -> list[WeightTensor]:
+    """Every constant tensor with at least ``min_elements`` values (weights, tables, folded constants)."""
+    import tflite
+    from tflite.TensorType import TensorType
+
+    type_names = _enum_names(TensorType)
+    m = tflite.Model.GetRootAsModel(model, 0)
+    out = []
+    seen = set()
+    for s in range(m.SubgraphsLength()):
+        graph = m.Subgraphs(s)
+        for i in range(graph.TensorsLength()):
+            t = graph.Tensors(i)
+            if t.Buffer() in seen or t.Buffer() == 0:
+                continue
+            buffer = m.Buffers(t.Buffer())
+            if buffer.DataLength() > 0:
+                raw = buffer.DataAsNumpy().tobytes()
+            elif buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
+                raw = bytes(model[buffer.Offset():buffer.Offset() + buffer.Size()])
+            else:
+                continue
+            dtype = type_names.get(t.Type(), str(t.Type()))
+            if dtype not in _NUMPY:
+                continue
+            shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            values = np.frombuffer(raw, dtype=_NUMPY[dtype])
+            if values.size < min_elements or values.size != int(np.prod(shape)):
+                continue
+            seen.add(t.Buffer())
+            q = t.Quantization()
+            scales = zero_points = None
+            axis = 0
+            if q is not None and q.ScaleLength():
+                scales, zero_points, axis = q.ScaleAsNumpy(), np.asarray(q.ZeroPointAsNumpy()), q.QuantizedDimension()
+            out.append(WeightTensor(t.Name().decode(), dtype, shape, values.reshape(shape), scales, zero_points, axis))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Running an export (parity checks on the build machine, through the device runtime's backend)
 
 
 def tflite_logits(export: TFLiteExport, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -367,8 +442,10 @@ def tflite_logits(export: TFLiteExport, input_ids: np.ndarray, attention_mask: n
     A ``fixed`` export answers its one exit; a ``per-layer`` export answers every exit in
     ``exit_layers`` (default: all) from one pass of the loop.
     """
+    from edgekit_device.tflite_backend import TFLiteBackend
+
     meta = export.metadata
-    graphs = {name: TFLiteGraph(export.out_dir / g["file"]) for name, g in meta["graphs"].items()}
+    graphs = {name: TFLiteBackend(export.out_dir / g["file"]) for name, g in meta["graphs"].items()}
     ids = np.asarray(input_ids, dtype=np.int32)
     mask = np.asarray(attention_mask, dtype=np.int32)
     b = meta["batch_size"]
@@ -382,11 +459,11 @@ def tflite_logits(export: TFLiteExport, input_ids: np.ndarray, attention_mask: n
     for i in range(0, ids.shape[0], b):
         feeds = {"input_ids": ids[i:i + b], "attention_mask": mask[i:i + b]}
         if meta["layout"] == "fixed":
-            out[wanted[0]].append(graphs["model"](**feeds)["logits"])
+            out[wanted[0]].append(graphs["model"].run(feeds)["logits"])
             continue
-        hidden = graphs["embed"](input_ids=feeds["input_ids"])["hidden"]
+        hidden = graphs["embed"].run({"input_ids": feeds["input_ids"]})["hidden"]
         for layer in range(1, wanted[-1] + 1):
-            hidden = graphs["layer"](hidden=hidden, attention_mask=feeds["attention_mask"])["hidden"]
+            hidden = graphs["layer"].run({"hidden": hidden, "attention_mask": feeds["attention_mask"]})["hidden"]
             if layer in out:
-                out[layer].append(graphs["head"](hidden=hidden)["logits"])
+                out[layer].append(graphs["head"].run({"hidden": hidden})["logits"])
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -1,14 +1,9 @@
-"""``edgekit prune``: the post-distillation step of M6-Rec section 3.5.
+"""The ``edgekit prune`` run: the post-distillation step of M6-Rec section 3.5.
 
 Gradual magnitude pruning of every embedding table and linear layer to the target sparsity on
-Zhu & Gupta's cubic schedule, while the relation-distillation loss against the teacher keeps
-being optimized, summed over all exits with the early-exit weights 2k/(L(L+1)).
-
-Python API::
-
-    from edgekit.prune.stage import load_prune_config, prune
-    cfg = load_prune_config(None, {"model": "runs/distill/student", "prune": {"sparsity": 0.8}})
-    prune(cfg, out="runs/prune")
+Zhu & Gupta's cubic schedule (``edgekit.prune.schedule``), while the relation-distillation loss
+against the teacher keeps being optimized, summed over all exits with the early-exit weights
+2k/(L(L+1)). The callbacks here connect the pruner's masks to the training loop.
 """
 
 from __future__ import annotations
@@ -17,59 +12,24 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from edgekit.checkpoint import check_model_dir, load_encoder, load_tokenizer, read_meta, resolve_teacher, save_model_dir
-from edgekit.config import load_config, to_dict
+from edgekit.config import to_dict
 from edgekit.data import ResumableBatches, TokenizedCorpus, read_corpus
-from edgekit.distill import DataSection, DistillSection, TeacherSection, check_run_dir, teacher_to_student_ids
 from edgekit.distill.minilm import RelationDistiller
 from edgekit.early_exit import exit_weights
 from edgekit.errors import UserError
-from edgekit.io import RunDir, read_json, write_json
+from edgekit.io import RunDir, check_run_dir, read_json, write_json
+from edgekit.prune.config import PruneConfig, PruneSection, validate_prune_config
 from edgekit.prune.pruner import MagnitudePruner
 from edgekit.prune.report import plot_loss, plot_schedule, sparsity_report
-from edgekit.prune.schedule import check_sparsity, cubic_sparsity
+from edgekit.prune.schedule import cubic_sparsity
 from edgekit.student import count_parameters, load_student
-from edgekit.train import Trainer, TrainConfig, init_distributed
-
-OTHER_STAGES = ("student", "vocab", "finetune", "quantize", "export", "eval", "tasks", "pipeline", "compare")
-
-
-@dataclass
-class PruneSection:
-    sparsity: float = 0.8                  # final sparsity s_f of every pruned tensor
-    initial_sparsity: float = 0.0          # s_i
-    begin_step: int = 0                    # t0
-    end_step: int | None = None            # t0 + nΔt; default: 3/4 of train.max_steps
-    frequency: int = 10                    # Δt: masks are recomputed every Δt steps
-    scope: Literal["layer", "global"] = "layer"
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-
-
-@dataclass
-class EarlyExitSection:
-    enabled: bool = True                   # Σ_k 2k/(L(L+1))·L_k over all exits instead of L_L alone
-
-
-@dataclass
-class PruneConfig:
-    model: str | None = None               # the student directory to prune (from `edgekit distill`)
-    teacher: TeacherSection = field(default_factory=lambda: TeacherSection(path=None, layer=0))
-    data: DataSection = field(default_factory=DataSection)
-    distill: DistillSection = field(default_factory=DistillSection)
-    prune: PruneSection = field(default_factory=PruneSection)
-    early_exit: EarlyExitSection = field(default_factory=EarlyExitSection)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2000, lr=5e-5))
-
-
-def load_prune_config(recipe=None, overrides: dict | None = None) -> PruneConfig:
-    return load_config(PruneConfig, recipe, overrides, ignore_sections=OTHER_STAGES, stage="prune")
+from edgekit.train import Trainer, init_distributed
+from edgekit.vocab import teacher_to_student_ids
 
 
 class PruningCallback:
@@ -143,18 +103,6 @@ def fixed_mask_callback(model, exclude=(r"pooler", r"classifier")) -> FixedMaskC
     return FixedMaskCallback(pruner)
 
 
-def _validate(cfg: PruneConfig) -> int:
-    s = cfg.prune
-    check_sparsity(s.sparsity, "prune.sparsity")
-    check_sparsity(s.initial_sparsity, "prune.initial_sparsity")
-    end = s.end_step if s.end_step is not None else max(s.begin_step + 1, int(0.75 * cfg.train.max_steps))
-    cubic_sparsity(0, s.initial_sparsity, s.sparsity, s.begin_step, end, s.frequency)  # validates the schedule
-    if end > cfg.train.max_steps:
-        raise UserError(f"prune.end_step {end} is after the last training step {cfg.train.max_steps}; "
-                        "lower prune.end_step or raise train.max_steps so the target sparsity is reached.")
-    return end
-
-
 def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | None = None,
           command: str | None = None) -> dict:
     """Prune ``cfg.model`` to ``cfg.prune.sparsity``; the pruned student is written to ``OUT/student``."""
@@ -162,7 +110,7 @@ def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | No
     if cfg.model is None:
         raise UserError("no model given; pass --model STUDENT_DIR (a student written by `edgekit distill`).")
     cfg.train.validate()
-    end_step = _validate(cfg)
+    end_step = validate_prune_config(cfg)
     student_dir = check_model_dir(cfg.model, role="model")
     meta = read_meta(student_dir)
     check_run_dir(out, resume)

@@ -1,28 +1,23 @@
-"""8-bit quantization (M6-Rec section 3.5): PyTorch models through Intel Neural Compressor, TFLite
-models through ai-edge-quantizer, and the checks that a quantized model still matches its float
-original (outputs, and the zeros pruning left).
+"""8-bit PyTorch models (M6-Rec section 3.5) through Intel Neural Compressor, and the checks that a
+quantized model still matches its float original (outputs, and the zeros pruning left).
 
-The stage's entry point is ``quantize_pytorch`` (``edgekit quantize``): a checkpoint directory in,
-an int8 PyTorch program out. TFLite int8 happens during export (``edgekit.export.tflite``), which
-calls ``quantize_tflite``.
+The stage's entry point is ``quantize_pytorch`` (``edgekit quantize``, in ``stage.py``; Neural Compressor itself in ``inc.py``): a checkpoint
+directory in, an int8 PyTorch program out. The int8 of exported graphs belongs to each export
+backend (``edgekit.export.onnx``, ``edgekit.export.tflite``); ``checks.py`` serves both.
 """
 
 from edgekit.quantize.checks import ZeroReport, agreement, pruned_masks, zeros_kept
-from edgekit.quantize.inc import APPROACHES, load_quantized, quantize_classifier, quantize_pytorch, weight_zero_masks
-from edgekit.quantize.tflite import INT8_SCHEMES, op_counts, quantize_tflite, weight_tensors
+from edgekit.quantize.inc import APPROACHES, quantize_classifier, weight_zero_masks
+from edgekit.quantize.stage import load_quantized, quantize_pytorch
 
 __all__ = [
     "APPROACHES",
-    "INT8_SCHEMES",
     "ZeroReport",
     "agreement",
     "load_quantized",
-    "op_counts",
     "pruned_masks",
     "quantize_classifier",
     "quantize_pytorch",
-    "quantize_tflite",
-    "weight_tensors",
     "weight_zero_masks",
     "zeros_kept",
 ]

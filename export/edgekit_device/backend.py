@@ -27,6 +27,12 @@ BACKENDS = {
     "onnx": ("edgekit_device.onnx_backend", "OnnxBackend", "onnxruntime"),
     "tflite": ("edgekit_device.tflite_backend", "TFLiteBackend", "ai-edge-litert"),
 }
+# onnxruntime is a dependency of edgekit-device, ai-edge-litert its `tflite` extra.
+INSTALL = {
+    "onnx": "reinstall the runtime with `pip install edgekit-device` (`pip install ./export` from a checkout)",
+    "tflite": "install the runtime's tflite extra with `pip install 'edgekit-device[tflite]'` "
+              "(`pip install './export[tflite]'` from a checkout)",
+}
 
 
 class Backend:
@@ -66,15 +72,30 @@ def get_backend(fmt: str, threads: int | None = None) -> Backend:
     """A new backend for bundles of format ``fmt``."""
     if fmt not in BACKENDS:
         raise BundleError(f"no backend for bundle format {fmt!r}; known formats: {', '.join(BACKENDS)}.")
-    module_name, class_name, package = BACKENDS[fmt]
+    module_name, class_name, _ = BACKENDS[fmt]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name == module_name:
             raise BundleError(f"this edgekit_device has no {fmt} backend ({module_name} is missing).") from None
-        raise BundleError(f"running a {fmt} bundle needs the '{package}' package ({e.name} is not installed); "
-                          f"pip install {package}.") from None
+        raise missing_engine(fmt, e.name) from None
     engine = getattr(module, class_name)
     if isinstance(engine, type) and issubclass(engine, Backend):
         return engine(threads=threads)
     return PerGraphBackend(engine, threads=threads)  # an engine that runs one graph file
+
+
+def import_engine(fmt: str, module_name: str):
+    """The engine module ``module_name`` (e.g. ``onnxruntime``), imported only when a ``fmt`` bundle
+    is loaded, so that edgekit-device installs and imports without the engines it does not use."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise missing_engine(fmt, e.name) from None
+
+
+def missing_engine(fmt: str, missing: str | None) -> BundleError:
+    """The error for a ``fmt`` bundle whose engine is not installed: one sentence with the install command."""
+    module = (missing or BACKENDS[fmt][2]).split(".")[0]  # the package, not the submodule that was asked for
+    return BundleError(f"running a {fmt} bundle needs the '{BACKENDS[fmt][2]}' package, but {module} is not "
+                       f"installed; {INSTALL[fmt]}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backend import Backend
+from .backend import Backend, import_engine
 from .errors import BundleError
 
 
@@ -12,7 +12,7 @@ class OnnxBackend(Backend):
     format = "onnx"
 
     def load(self, bundle_dir, manifest: dict) -> None:
-        import onnxruntime as ort
+        ort = import_engine("onnx", "onnxruntime")
 
         options = ort.SessionOptions()
         if self.threads:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import import_engine
 from .errors import BundleError
 
 __all__ = ["TFLiteBackend"]
@@ -30,7 +31,7 @@ class TFLiteBackend:
     format = "tflite"
 
     def __init__(self, path, num_threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+        Interpreter = import_engine("tflite", "ai_edge_litert.interpreter").Interpreter  # the optional extra
 
         self.path = Path(path)
         if not self.path.is_file():

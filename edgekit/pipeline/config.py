@@ -1,0 +1,121 @@
+"""The pipeline recipe: a ``pipeline:`` section, one section per stage, and how a task's fine-tune recipe is made.
+
+Each stage's section holds exactly what that stage's own command reads (``distill:`` is an
+``edgekit distill`` recipe, ``prune:`` an ``edgekit prune`` recipe, ``finetune:`` an
+``edgekit finetune`` recipe without model and task); only ``pipeline:``, ``export:`` and ``eval:``
+are typed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from edgekit.config import from_dict, load_config, merge, read_recipe, to_dict
+from edgekit.errors import UserError
+
+REFERENCES = ("teacher", "dense", "baseline")
+
+
+@dataclass
+class TaskEntry:
+    """One task of the pipeline; unset fields fall back to the ``finetune:`` section."""
+    name: str = "sentiment"
+    data_dir: str | None = None
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    max_length: int | None = None
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    max_steps: int | None = None
+    teacher_max_steps: int | None = None   # the teacher row's steps (default: max_steps)
+    eval_every: int | None = None
+
+
+@dataclass
+class PipelineSection:
+    teacher: str | None = "e5-small"   # a checkpoint directory or a built-in teacher name
+    out: str | None = None             # default run directory (the CLI's --out wins)
+    tasks: list[TaskEntry] = field(default_factory=lambda: [TaskEntry()])
+    data_dir: str | None = None        # parent of per-task data directories (DATA_DIR/<task>)
+    prune: bool = True                 # False: ship the dense distilled student
+    references: list[Literal["teacher", "dense", "baseline"]] = field(default_factory=list)
+
+
+@dataclass
+class ExportSection:
+    format: Literal["onnx", "tflite"] = "onnx"
+    int8: Literal["none", "dynamic", "static"] = "dynamic"
+    exit_layer: int | None = None      # None: the per-layer bundle serving every exit
+    max_length: int | None = None      # default: the task's max_length
+    pack: bool = True
+    pack_codec: Literal["xz", "zlib"] = "xz"
+    calibration_examples: int = 256    # train texts used for static int8 ranges
+    parity_examples: int = 64          # dev texts the export's parity check runs
+    min_agreement: float | None = None # argmax agreement with PyTorch every exit must reach (default 0.99);
+                                       # barely trained heads (smoke runs) have near-tied logits that flip
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = 32
+    max_examples: int | None = None    # default: the whole dev split (finetune's max_eval_examples only
+                                       # limits the evaluations that pick the best checkpoint)
+    threads: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
+    distill: dict = field(default_factory=dict)            # an `edgekit distill` recipe
+    prune: dict = field(default_factory=dict)              # an `edgekit prune` recipe (model is filled in)
+    finetune: dict = field(default_factory=dict)           # an `edgekit finetune` recipe (model, task filled in)
+    teacher_finetune: dict = field(default_factory=dict)   # merged over finetune: for the teacher reference
+    export: ExportSection = field(default_factory=ExportSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+def _normalise(data: dict) -> dict:
+    """Task entries may be written as bare names: ``tasks: [tnews, csl]``."""
+    p = data.get("pipeline")
+    if isinstance(p, dict) and isinstance(p.get("tasks"), (list, str)):
+        tasks = p["tasks"].split(",") if isinstance(p["tasks"], str) else p["tasks"]
+        p = {**p, "tasks": [{"name": t} if isinstance(t, str) else t for t in tasks]}
+        data = {**data, "pipeline": p}
+    return data
+
+
+def load_pipeline_config(recipe=None, overrides: dict | None = None) -> PipelineConfig:
+    data = read_recipe(recipe) if recipe else {}
+    if recipe and "pipeline" not in data:
+        raise UserError(f"recipe '{recipe}' has no pipeline: section; `edgekit run` needs a pipeline recipe such as "
+                        "recipes/quickstart.yaml (stage recipes run with their own command, e.g. edgekit distill).")
+    cfg = from_dict(PipelineConfig, _normalise(merge(data, overrides or {})))
+    if not cfg.pipeline.tasks:
+        raise UserError("pipeline.tasks is empty; name at least one task, e.g. tasks: [sentiment].")
+    names = [t.name for t in cfg.pipeline.tasks]
+    if len(set(names)) != len(names):
+        raise UserError(f"pipeline.tasks names a task twice ({', '.join(names)}); list each task once.")
+    return cfg
+
+
+def task_config(cfg: PipelineConfig, entry: TaskEntry, model: str, reference: str | None = None):
+    """The FinetuneConfig of one task, validated (raises before anything runs)."""
+    from edgekit.finetune import FinetuneConfig
+
+    base = dict(cfg.finetune)
+    if reference == "teacher":
+        base = merge(base, cfg.teacher_finetune)
+    task = {k: v for k, v in to_dict(entry).items()
+            if k not in ("max_steps", "teacher_max_steps", "eval_every") and v is not None}
+    if "data_dir" not in task and cfg.pipeline.data_dir:
+        task["data_dir"] = str(Path(cfg.pipeline.data_dir) / entry.name)
+    over = {"model": model, "task": task}
+    steps = entry.teacher_max_steps if reference == "teacher" and entry.teacher_max_steps else entry.max_steps
+    if steps is not None:
+        over["train"] = {"max_steps": steps}
+    if entry.eval_every is not None:
+        over["finetune"] = {"eval_every": entry.eval_every}
+    return load_config(FinetuneConfig, None, merge(base, over))

@@ -1,0 +1,70 @@
+"""The run's report: ``report.json`` and ``report.md`` (the comparison table, accuracy ratios, bundles, stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.io import read_json, write_json
+from edgekit.pipeline.config import PipelineConfig
+
+ROW_ORDER = ["teacher", "baseline", "dense", "pruned", "bundle"]
+
+
+def write_report(cfg: PipelineConfig, out: Path, log: list[dict], seconds: float) -> dict:
+    """Compare every eval of the run (into ``OUT/compare``) and write ``report.json`` and ``report.md``."""
+    from edgekit.eval import compare
+
+    files = sorted(out.glob("eval/*/*/eval.json"), key=lambda f: (ROW_ORDER.index(f.parent.parent.name)
+                                                                 if f.parent.parent.name in ROW_ORDER else 9, f))
+    summary = compare(files, out / "compare")
+    tasks = [t.name for t in cfg.pipeline.tasks]
+    acc = {}
+    for f in files:
+        r = read_json(f)
+        acc.setdefault(r["row"], {})[r["task"]] = r["accuracy"]
+    ratios = _ratios(acc, tasks)
+    bundles = {t: read_json(out / "export" / t / "results.json") for t in tasks}
+    report = {"run_dir": str(out), "teacher": cfg.pipeline.teacher, "tasks": tasks,
+              "stages": log, "seconds_this_run": seconds, "accuracy": acc, "ratios": ratios,
+              "bundles": {t: {k: b[k] for k in ("bundle", "packed", "packed_bytes", "format", "precision",
+                                                  "layout", "sizes")} for t, b in bundles.items()},
+              "table": summary["markdown"]}
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(_report_markdown(report), encoding="utf-8")
+    return report
+
+
+def _ratios(acc: dict, tasks: list[str]) -> dict:
+    """Per-task accuracy ratios of M6-Rec Table 7's reading: pruned/dense, student/teacher, bundle/checkpoint."""
+    shipped = "pruned" if "pruned" in acc else "dense"
+    pairs = {"pruned_over_dense": ("pruned", "dense"), "dense_over_teacher": ("dense", "teacher"),
+             "pruned_over_teacher": ("pruned", "teacher"), "bundle_over_checkpoint": ("bundle", shipped),
+             "distilled_over_baseline": ("dense", "baseline")}
+    out = {}
+    for key, (a, b) in pairs.items():
+        values = {t: round(acc[a][t] / acc[b][t], 4) for t in tasks
+                  if t in acc.get(a, {}) and acc.get(b, {}).get(t)}
+        if values:
+            out[key] = values
+    return out
+
+
+def _report_markdown(report: dict) -> str:
+    lines = [f"# edgekit run: {report['run_dir']}", "", f"Teacher: `{report['teacher']}`; tasks: "
+             f"{', '.join(report['tasks'])}.", "", "## Accuracy (dev) and size", "", report["table"], ""]
+    if report["ratios"]:
+        lines += ["## Ratios", "", "| ratio | " + " | ".join(report["tasks"]) + " |",
+                  "|---|" + "---|" * len(report["tasks"])]
+        for key, values in report["ratios"].items():
+            lines.append(f"| {key} | " + " | ".join(f"{values[t]:.3f}" if t in values else "" for t in report["tasks"])
+                         + " |")
+        lines.append("")
+    lines += ["## Bundles for the phone app", ""]
+    for t, b in report["bundles"].items():
+        packed = f"; packed download `{b['packed']}` ({b['packed_bytes']:,} bytes)" if b.get("packed") else ""
+        lines.append(f"- {t}: `{b['bundle']}` ({b['format']} {b['precision']} {b['layout']}, "
+                     f"{b['sizes']['dense_bytes']:,} bytes{packed})")
+    lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['stage']} | {s['status']} | {s['seconds'] if s['seconds'] is not None else ''} |"
+              for s in report["stages"]]
+    return "\n".join(lines) + "\n"

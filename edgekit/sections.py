@@ -1,0 +1,36 @@
+"""Config sections more than one stage reads, and the names of every stage's recipe sections.
+
+A section read by one stage lives in that stage's ``config.py``; one read by several (the teacher
+and the corpus, read by distill and prune) lives here so no stage imports another stage's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Top-level sections of the stage recipes. A flat recipe may hold several stages' sections (as the
+# first combined recipes did); each stage command skips the ones it does not read, and any other
+# unknown key stays an error. A new stage adds its section names here.
+STAGE_SECTIONS = ("teacher", "student", "vocab", "distill", "prune", "early_exit", "finetune", "quantize", "export",
+                  "eval", "tasks", "pipeline", "compare")
+
+
+@dataclass
+class TeacherSection:
+    path: str | None = None        # a checkpoint directory, or the built-in name "e5-small"
+    layer: int = -1                # 1-based teacher layer to distill from; -1 = last
+
+
+@dataclass
+class DataSection:
+    corpus: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    max_length: int = 128
+    max_lines: int | None = None
+
+
+@dataclass
+class DistillSection:
+    method: str = "minilmv2"              # minilmv2 (Q-Q, K-K, V-V relations) or minilmv1
+    relation_heads: int | None = None     # default: a head count that divides both hidden sizes
+    student_layer: int = -1
