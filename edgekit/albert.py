@@ -12,7 +12,15 @@ so they compute exactly what the model computes, in one place:
   padding), which is what exported graphs compute.
 - ``apply_layer``: layer ``index`` (0-based) of the encoder; with one shared layer every index
   applies the same weights.
-- ``classifier_head``: the task head on the [CLS] position (pooler, tanh, dropout, classifier).
+- ``classifier_head``: the task head: pooler, tanh, dropout, classifier on the [CLS] position
+  (``cls`` pooling), or dropout and classifier on the masked mean of all tokens (``mean``).
+
+Pooling is a property of the checkpoint: ``config.classifier_pooling`` (``pooling_of``; absent
+means ``cls``, what ``AlbertForSequenceClassification`` does). ``mean`` is what e5 was trained
+with; it feeds the classifier directly, without the pooler and tanh (e5's import has no pooler
+weights, and a student's pooler would only be one more layer to learn from scratch). A plain
+Hugging Face loader ignores the setting and pools [CLS]: load edgekit classifiers with
+``EarlyExitClassifier.from_pretrained`` (or ``edgekit.finetune.load_sequence_classifier``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from edgekit.errors import UserError
 
 __all__ = [
+    "POOLINGS",
     "additive_mask",
     "albert_of",
     "apply_layer",
@@ -32,7 +41,11 @@ __all__ = [
     "classifier_head",
     "embed",
     "layer_mask",
+    "mean_pool",
+    "pooling_of",
 ]
+
+POOLINGS = ("cls", "mean")
 
 
 def albert_of(model: nn.Module) -> AlbertModel:
@@ -85,15 +98,46 @@ def apply_layer(albert: AlbertModel, index: int, hidden: torch.Tensor, mask) -> 
     return albert.encoder.albert_layer_groups[group](hidden, mask)
 
 
-def classifier_head(model: AlbertForSequenceClassification, hidden: torch.Tensor,
-                    keep_sequence_axis: bool = False) -> torch.Tensor:
-    """Logits (B, C) from one layer's hidden states (B, T, H), as the model's own head computes them.
+def pooling_of(config) -> str:
+    """The checkpoint's head pooling, ``cls`` or ``mean`` (``config.classifier_pooling``; absent: ``cls``)."""
+    pooling = getattr(config, "classifier_pooling", None) or "cls"
+    if pooling not in POOLINGS:
+        raise UserError(f"config.json sets classifier_pooling {pooling!r}; it must be one of {', '.join(POOLINGS)}: "
+                        "fix the checkpoint's config.json.")
+    return pooling
 
-    ``keep_sequence_axis`` reads [CLS] as a (B, 1, H) slice, so an exported graph keeps the pooler
-    and classifier as MatMul nodes (which ONNX int8 quantization handles; on 2D inputs they become
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, keepdim: bool = False) -> torch.Tensor:
+    """Masked mean over the sequence: (B, T, H), (B, T) 1/0 -> (B, H), or (B, 1, H) with ``keepdim``.
+
+    mean_b = Σ_t m_bt · h_bt / max(Σ_t m_bt, 1), m = ``attention_mask`` (1 for tokens, 0 for
+    padding; None: every position is a token). Special tokens ([CLS], [SEP]) count as tokens, as in
+    e5's own pooling; the max(·, 1) only guards an all-padding row.
+    """
+    if attention_mask is None:
+        return hidden.mean(dim=1, keepdim=keepdim)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    total = (hidden * mask).sum(dim=1, keepdim=keepdim)
+    count = mask.sum(dim=1, keepdim=keepdim).clamp(min=1.0)
+    return total / count
+
+
+def classifier_head(model: AlbertForSequenceClassification, hidden: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None, keep_sequence_axis: bool = False) -> torch.Tensor:
+    """Logits (B, C) from one layer's hidden states (B, T, H), by the checkpoint's pooling (``pooling_of``).
+
+    ``cls``: classifier(dropout(tanh(pooler(h[:, 0])))), the model's own head.
+    ``mean``: classifier(dropout(mean_pool(h, attention_mask))); the pooler is not used.
+
+    ``keep_sequence_axis`` pools to a (B, 1, H) slice, so an exported graph keeps the pooler and
+    classifier as MatMul nodes (which ONNX int8 quantization handles; on 2D inputs they become
     Gemm, which it skips); the result is the same.
     """
     albert = model.albert
-    cls = hidden[:, :1] if keep_sequence_axis else hidden[:, 0]
-    logits = model.classifier(model.dropout(albert.pooler_activation(albert.pooler(cls))))
+    if pooling_of(model.config) == "mean":
+        pooled = mean_pool(hidden, attention_mask, keepdim=keep_sequence_axis)
+    else:
+        cls = hidden[:, :1] if keep_sequence_axis else hidden[:, 0]
+        pooled = albert.pooler_activation(albert.pooler(cls))
+    logits = model.classifier(model.dropout(pooled))
     return logits[:, 0] if keep_sequence_axis else logits

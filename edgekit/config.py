@@ -24,6 +24,8 @@ def _type_name(tp) -> str:
         return f"a list of {_type_name(get_args(tp)[0])}"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of keys to values (a recipe section)"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -172,6 +174,31 @@ def stage_section(data: dict, stage: str) -> dict:
     return section
 
 
+def stage_overrides(cls, overrides: dict, stage: str) -> dict:
+    """Overrides in the shape ``edgekit run`` takes them, read by one stage's command.
+
+    ``edgekit run --set distill.train.max_steps=5`` names the distill stage's ``train.max_steps``;
+    ``edgekit distill --set distill.train.max_steps=5`` means the same, as does the stage's own
+    ``train.max_steps=5``. A stage has a section of its own name (``distill.method``), so under
+    ``STAGE.`` a key that is one of the stage's top-level sections and not a key of that section
+    is the pipeline shape. Keys given without the prefix (flags among them) win over prefixed ones.
+    """
+    inner = overrides.get(stage)
+    if not isinstance(inner, dict) or not dataclasses.is_dataclass(cls):
+        return overrides
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    own = get_type_hints(cls).get(stage) if stage in fields else None
+    own_keys = {f.name for f in dataclasses.fields(own)} if dataclasses.is_dataclass(own) else set()
+    lifted = {k: v for k, v in inner.items() if k in fields and k not in own_keys}
+    if not lifted:
+        return overrides
+    rest = {k: v for k, v in inner.items() if k not in lifted}
+    out = {k: v for k, v in overrides.items() if k != stage}
+    if rest:
+        out[stage] = rest
+    return merge(lifted, out)
+
+
 def load_config(cls, recipe: str | Path | None = None, overrides: dict | None = None,
                 ignore_sections=(), stage: str | None = None):
     """Recipe YAML (optional) merged with ``overrides``, validated into ``cls``.
@@ -181,7 +208,7 @@ def load_config(cls, recipe: str | Path | None = None, overrides: dict | None = 
     instead of being reported as unknown keys.
     """
     data = stage_section(read_recipe(recipe), stage) if recipe and stage else (read_recipe(recipe) if recipe else {})
-    data = merge(data, overrides or {})
+    data = merge(data, stage_overrides(cls, overrides or {}, stage) if stage else overrides or {})
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if k in names or k not in set(ignore_sections)}
     return from_dict(cls, data)

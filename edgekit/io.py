@@ -1,8 +1,13 @@
-"""Run directories and atomic writes.
+"""Run directories, atomic writes, and output directories edgekit may replace.
 
 A stage reads a checkpoint directory and writes one. Everything is written to a temporary
 sibling first and renamed into place, so an interrupted run never leaves a half-written model
 that looks complete. Every run directory records its effective config, versions and results.
+
+Every directory edgekit writes carries a marker (``edgekit_device.outdir``: the device runtime
+follows the same rule and cannot import edgekit). A non-empty ``--out`` is written only if it is
+the same command's earlier output, replaced only with ``--overwrite``, and never if it holds a file
+edgekit did not write.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import platform
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from edgekit_device import outdir
 
 from edgekit.errors import UserError
 
@@ -30,7 +36,8 @@ def write_json(path, data, indent: int = 2) -> Path:
     """Write JSON atomically (temp file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    claim(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=indent, ensure_ascii=False, default=str)
@@ -49,32 +56,62 @@ def read_json(path):
         return json.load(f)
 
 
+# --------------------------------------------------------------------------------------------
+# Output directories: what edgekit may write into and replace (the rule: edgekit_device.outdir)
+
+
+def check_out(out, kind: str, overwrite: bool) -> bool:
+    """Refuse ``out`` unless it is missing, empty, or an earlier ``kind`` output with ``overwrite``
+    and nothing in it that edgekit did not write (one ``UserError`` sentence); True when replacing."""
+    try:
+        return outdir.check_out_dir(out, kind, overwrite, error=UserError)
+    except OSError as e:
+        raise UserError(f"cannot read the output directory '{out}' ({e.strerror or e}); choose another one.") from None
+
+
+def claim(path) -> None:
+    """Record ``path`` in the run directory (open marker) it is written into, if any."""
+    with contextlib.suppress(OSError):
+        outdir.claim(path)
+
+
+def mark_dir(directory, kind: str) -> Path:
+    """Create ``directory`` as an open output of ``kind`` (a run directory written step by step);
+    an existing marker is kept."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if outdir.read_marker(directory) is None:
+        # nothing already there becomes edgekit's: callers checked it is new or empty (check_run_dir)
+        outdir.write_marker(directory, kind, [], open_=True)
+        claim(directory)
+    return directory
+
+
+def remove_own(directory) -> None:
+    """Delete a directory edgekit wrote; ``UserError`` (deleting nothing) if anything in it is not edgekit's."""
+    outdir.remove_own(directory, error=UserError)
+
+
 @contextlib.contextmanager
-def atomic_dir(final, overwrite: bool = True):
+def atomic_dir(final, kind: str = "checkpoint", overwrite: bool = False):
     """Yield a temporary directory that becomes ``final`` only if the block finishes.
 
-    On success an existing ``final`` is replaced (moved aside, then deleted); on any exception
-    the temporary directory is removed and ``final`` is untouched.
+    ``final`` must be missing, empty, or an earlier ``kind`` output edgekit wrote, and then only
+    with ``overwrite`` (``check_out``: checked before the block and again at the end). On success
+    ``final`` gets a marker listing what it holds and an earlier output is moved aside, then
+    deleted; on any exception the temporary directory is removed and ``final`` is untouched.
     """
     final = Path(final)
+    check_out(final, kind, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the final directory gets mkdir's mode
     try:
         yield tmp
-    except BaseException:
+        claim(final)
+        outdir.replace_dir(tmp, final, kind, overwrite, error=UserError)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        if not overwrite:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(final)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def versions() -> dict:
@@ -98,11 +135,24 @@ def versions() -> dict:
     return out
 
 
+def _metrics_record(line: str) -> dict | None:
+    """One ``metrics.jsonl`` line as a dict; None for a blank line or a line torn by a kill or a full disk."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class RunDir:
     """A stage's output directory: ``config.json``, ``versions.json``, ``metrics.jsonl``, ``results.json``."""
 
-    def __init__(self, path, command: str | None = None):
+    def __init__(self, path, command: str | None = None, kind: str | None = None):
         self.path = Path(path)
+        if kind is not None:  # the marker that makes it this command's own output (check_run_dir)
+            mark_dir(self.path, kind)
         self.path.mkdir(parents=True, exist_ok=True)
         self.command = command
 
@@ -111,6 +161,8 @@ class RunDir:
         write_json(self.path / "versions.json", versions())
 
     def log_metrics(self, record: dict) -> None:
+        if not (self.path / "metrics.jsonl").exists():
+            claim(self.path / "metrics.jsonl")
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
@@ -119,9 +171,9 @@ class RunDir:
         p = self.path / "metrics.jsonl"
         if not p.exists():
             return
-        keep = [line for line in p.read_text(encoding="utf-8").split("\n")
-                if line.strip() and json.loads(line).get("step", 0) <= after_step]
-        tmp = p.with_suffix(".jsonl.tmp")
+        keep = [line for line in p.read_text(encoding="utf-8", errors="replace").split("\n")
+                if (record := _metrics_record(line)) is not None and record.get("step", 0) <= after_step]
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
         os.replace(tmp, p)
 
@@ -138,9 +190,67 @@ def latest_checkpoint(run_dir) -> Path | None:
     return done[-1] if done else None
 
 
-def check_run_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a finished run or silently restart an unfinished one."""
-    if (out / "student" / "config.json").exists() and not resume:
-        raise UserError(f"'{out}' already holds a finished student; choose another --out or delete it.")
-    if latest_checkpoint(out) is not None and not resume:
-        raise UserError(f"'{out}' has checkpoints of an unfinished run; pass --resume to continue it or choose another --out.")
+def remove_stale_temporaries(run_dir) -> list[str]:
+    """Delete what atomic writes cut short by a kill left in ``run_dir`` and its ``checkpoints``
+    (hidden ``.NAME.tmp-*`` / ``.NAME.old-*``: ``outdir.is_temp_name``), e.g. a half-written
+    checkpoint of the size of the model; returns their names. Only a resumed run calls it, when
+    nothing else writes its run directory."""
+    removed = []
+    for parent in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if not parent.is_dir():
+            continue
+        for child in parent.iterdir():
+            if outdir.is_temp_name(child.name):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        child.unlink()
+                removed.append(str(child.relative_to(run_dir)))
+    return removed
+
+
+RUN_KINDS = {"distill": "distill-run", "prune": "prune-run", "finetune": "finetune-run", "run": "pipeline-run"}
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool = False, kind: str = "run") -> None:
+    """Whether a stage may write its run directory ``out`` (``kind``: e.g. ``distill-run``).
+
+    Missing or empty: a new run. Otherwise it must be an earlier run of the same kind (its marker):
+    ``resume`` continues it; ``overwrite`` deletes what that run wrote (refusing, before deleting
+    anything, if it holds a file edgekit did not write); a finished run or one with checkpoints is
+    refused without either; one that stopped before its first checkpoint is started again.
+    """
+    out = Path(out)
+    command = kind[:-len("-run")] if kind.endswith("-run") else kind
+    command = "run" if command == "pipeline" else command
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it; pass only one of them.")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UserError(f"'{out}' exists and is not a directory; choose another --out.")
+    if outdir.is_empty_dir(out):
+        return
+    marker = outdir.read_marker(out)
+    if marker is None:
+        first = sorted(p.name for p in out.iterdir())[0]
+        raise UserError(f"'{out}' is not empty (it holds '{first}') and is not a run directory of `edgekit {command}`; "
+                        f"choose a new or empty --out, edgekit never replaces files it did not write.")
+    if marker["kind"] != kind:
+        raise UserError(f"'{out}' holds {outdir.describe(marker['kind'])} written by edgekit, not "
+                        f"{outdir.describe(kind)}; choose another --out.")
+    if resume:
+        return
+    if overwrite:
+        if int(os.environ.get("RANK", "0")) == 0:  # one process deletes; the others only check
+            outdir.clear_own(out, error=UserError)
+        elif outdir.foreign_entries(out):
+            outdir.clear_own(out, error=UserError)  # raises the same sentence rank 0 does, deleting nothing
+        return
+    if (out / "results.json").exists() or (out / "model" / "config.json").exists():
+        raise UserError(f"'{out}' already holds a finished model of an earlier `edgekit {command}` run; pass "
+                        f"--overwrite to replace that run, or choose another --out.")
+    if latest_checkpoint(out) is not None:
+        raise UserError(f"'{out}' has checkpoints of an unfinished run; pass --resume to continue it, --overwrite to "
+                        f"start again, or choose another --out.")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 # first combined recipes did); each stage command skips the ones it does not read, and any other
 # unknown key stays an error. A new stage adds its section names here.
 STAGE_SECTIONS = ("teacher", "student", "vocab", "distill", "prune", "early_exit", "finetune", "quantize", "export",
-                  "eval", "tasks", "pipeline", "compare")
+                  "eval", "tasks", "pipeline", "compare", "tune")
 
 
 @dataclass

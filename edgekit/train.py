@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from edgekit.errors import UserError
-from edgekit.io import RunDir, atomic_dir, latest_checkpoint, write_json
+from edgekit.io import RunDir, atomic_dir, latest_checkpoint, remove_stale_temporaries, write_json
 
 
 @dataclass
@@ -120,15 +120,25 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
 # --- checkpoints ----------------------------------------------------------------------------
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors, numbers and None only, so that a checkpoint loads with
+    ``torch.load(weights_only=True)``: a run directory from someone else cannot run code on resume."""
+    version, words, gauss_next = random.getstate()
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {"python": {"version": int(version), "words": torch.tensor(words, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(w) for w in py["words"].tolist()), py["gauss_next"]))
+    np.random.set_state(("MT19937", npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -203,7 +213,7 @@ class Trainer:
         final = self.run.path / "checkpoints" / f"step-{self.step:07d}"
         if self.dist.is_main:
             state = self.state_dict()
-            with atomic_dir(final) as tmp:
+            with atomic_dir(final, "train-checkpoint", overwrite=True) as tmp:  # a step saved again on interrupt
                 if self.save_model is not None:
                     self.save_model(self.model, tmp / "model")
                 torch.save(state, tmp / "trainer_state.pt")
@@ -215,10 +225,18 @@ class Trainer:
         return final
 
     def resume(self) -> bool:
+        if self.dist.is_main:
+            remove_stale_temporaries(self.run.path)
         ckpt = latest_checkpoint(self.run.path)
         if ckpt is None:
             return False
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+        try:
+            # tensors and plain data only: loading runs no code from the file
+            state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 (whatever the file holds, the answer is one sentence)
+            raise UserError(f"cannot resume from '{ckpt}': its trainer_state.pt is not a checkpoint this edgekit reads "
+                            f"({type(e).__name__}); it was written by an older edgekit or is damaged, so start the run "
+                            f"again with --overwrite.") from None
         self.load_state_dict(state)
         if self.dist.is_main:
             self.run.truncate_metrics(self.step)

@@ -134,6 +134,22 @@ def trim_vocabulary(tokenizer, texts, min_count: int = 1, max_length: int | None
     return TrimResult(trimmed, kept, len(tokenizer), total, covered / total, report)
 
 
+def save_trimmed(result: TrimResult, out, overwrite: bool = False):
+    """Write the trimmed tokenizer, ``vocab_map.json`` (new id -> teacher id) and ``report.json`` to
+    ``out`` atomically; an existing ``out`` is replaced only if it is an earlier trimmed vocabulary
+    and ``overwrite`` (``edgekit.io.atomic_dir``)."""
+    from edgekit.io import atomic_dir, write_json
+
+    with atomic_dir(out, VOCAB_KIND, overwrite) as tmp:
+        result.tokenizer.save_pretrained(tmp)
+        write_json(tmp / "vocab_map.json", {"teacher_ids": result.kept_ids})
+        write_json(tmp / "report.json", result.report)
+    return out
+
+
+VOCAB_KIND = "vocabulary"  # the marker kind of `edgekit vocab trim --out`
+
+
 def teacher_to_student_ids(teacher_vocab_size: int, kept: list[int], unk_id: int | None) -> torch.Tensor:
     """Lookup table teacher id -> student id (pieces the student lacks map to its unknown token)."""
     import torch  # the rest of this module works on tokenizers alone

@@ -1,7 +1,8 @@
 """The phone app's Java core (android_demo/core) against the Python reference runtime (edgekit_device).
 
-Builds tiny bundles with ``edgekit.export`` (ONNX per-layer and fixed; TFLite per-layer when
-LiteRT is installed), writes golden outputs with ``android_demo/tools/make_goldens.py`` (token ids
+Builds tiny bundles with ``edgekit.export`` (ONNX per-layer and fixed, and per-layer with a
+mean-pooled head, whose head graph takes the attention mask; TFLite per-layer when LiteRT is
+installed), writes golden outputs with ``android_demo/tools/make_goldens.py`` (token ids
 of ~470 texts under a WordPiece, an e5-trimmed Unigram and an extended Unigram device tokenizer;
 per-layer logits and the reference ``Predictor``'s fixed, patience and entropy decisions),
 compiles the core and its test main with javac and runs it. The Java side cannot run ONNX or
@@ -101,7 +102,18 @@ def extra_tokenizer(unigram_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundles(checkpoint, tmp_path_factory) -> dict:
+def mean_checkpoint(checkpoint, tmp_path_factory) -> Path:
+    """``checkpoint`` with ``classifier_pooling: mean`` (the head reads the masked token mean)."""
+    path = tmp_path_factory.mktemp("android-mean") / "classifier"
+    shutil.copytree(checkpoint, path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config["classifier_pooling"] = "mean"
+    (path / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundles(checkpoint, mean_checkpoint, tmp_path_factory) -> dict:
     import torch
 
     from edgekit.export import export_model
@@ -116,6 +128,9 @@ def bundles(checkpoint, tmp_path_factory) -> dict:
                                                sample_texts=samples),
                 "onnx-fixed-2": export_model(checkpoint, out / "onnx-fixed", format="onnx", max_length=32,
                                              exit_layer=2, sample_texts=samples)}
+        # The same weights with a mean-pooled head: its head graph takes the attention mask too.
+        made["onnx-per-layer-mean"] = export_model(mean_checkpoint, out / "onnx-mean", format="onnx", max_length=32,
+                                                   sample_texts=samples)
         if _tflite_available():
             made["tflite-per-layer"] = export_model(checkpoint, out / "tflite", format="tflite", max_length=32,
                                                     sample_texts=samples)
@@ -166,6 +181,7 @@ def test_java_core_matches_reference_runtime(classes, goldens, bundles):
     assert "tokenizer unigram-extra-entries (unigram):" in result.stdout
     for name in bundles:
         assert f"bundle {name} " in result.stdout
+    assert "bundle onnx-per-layer-mean (onnx, per-layer, mean pooling" in result.stdout
 
 
 @needs_jdk

@@ -105,7 +105,7 @@ def test_cli_runs_and_info_reports_the_student(tmp_path, tiny_teacher, tiny_corp
     data = tiny_distill_overrides(tiny_teacher, tiny_corpus, max_steps=2)
     proc = run_cli("distill", "--recipe", write_recipe(tmp_path, data), "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr
-    info = run_cli("info", tmp_path / "run" / "student", "--json")
+    info = run_cli("info", tmp_path / "run", "--json")  # the run directory names its model
     import json
 
     data = json.loads(info.stdout)
@@ -114,7 +114,7 @@ def test_cli_runs_and_info_reports_the_student(tmp_path, tiny_teacher, tiny_corp
     again = run_cli("distill", "--recipe", write_recipe(tmp_path, data if False else
                                                          tiny_distill_overrides(tiny_teacher, tiny_corpus)),
                     "--out", tmp_path / "run")
-    assert_clean_error(again, r"already holds a finished student")
+    assert_clean_error(again, r"already holds a finished model")
 
 
 def test_console_script_and_cli_py_are_the_same_app():

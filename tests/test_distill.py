@@ -52,7 +52,7 @@ def test_teacher_stays_in_eval_mode_and_gets_no_gradients(tiny_teacher, tiny_cor
 def test_saved_student_loads_and_trimmed_tokenizer_round_trips(tiny_teacher, tiny_corpus, tmp_path):
     cfg = load_distill_config(None, tiny_distill_overrides(tiny_teacher, tiny_corpus, max_steps=2))
     result = distill(cfg, tmp_path / "run")
-    student_dir = tmp_path / "run" / "student"
+    student_dir = tmp_path / "run" / "model"
     model = AlbertModel.from_pretrained(student_dir)
     assert model.config.num_hidden_layers == 2 and model.config.num_hidden_groups == 1
     assert model.config.embedding_size == 16
@@ -81,10 +81,10 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny_teacher, tiny_corpus
     distill(load_distill_config(None, over), tmp_path / "full")
     stopped = distill(load_distill_config(None, over), tmp_path / "resumed", stop_after_step=5)
     assert stopped == {"interrupted": True, "step": 5, "run_dir": str(tmp_path / "resumed")}
-    assert not (tmp_path / "resumed" / "student").exists()
+    assert not (tmp_path / "resumed" / "model").exists()
     distill(load_distill_config(None, over), tmp_path / "resumed", resume=True)
-    a = load_file(tmp_path / "full" / "student" / "model.safetensors")
-    b = load_file(tmp_path / "resumed" / "student" / "model.safetensors")
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "full") == _losses(tmp_path / "resumed")
@@ -103,4 +103,4 @@ def test_data_parallel_with_two_processes_on_cpu(tiny_teacher, tiny_corpus, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["world_size"] == 2 and results["steps"] == 4
-    AlbertModel.from_pretrained(tmp_path / "ddp" / "student")
+    AlbertModel.from_pretrained(tmp_path / "ddp" / "model")

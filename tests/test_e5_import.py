@@ -74,6 +74,7 @@ def test_directory_contents(imported):
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
             config["intermediate_size"], config["vocab_size"]) == (12, 384, 12, 1536, 250037)
     assert config["hidden_act"] == "gelu" and config["layer_norm_eps"] == 1e-12
+    assert config["classifier_pooling"] == "mean"  # what e5 was trained with; finetune's "auto" reads it
 
 
 def test_auto_classes_load_without_missing_weights(hf):
@@ -158,9 +159,14 @@ def test_existing_directory_needs_overwrite(imported):
 
 
 def test_overwrite_replaces_atomically_and_failure_keeps_the_old_directory(tmp_path, monkeypatch):
+    from edgekit_device.outdir import seal
+
     out = tmp_path / "teacher"
     out.mkdir()
     (out / "marker.txt").write_text("old")
+    with pytest.raises(UserError, match=r"is not empty \(it holds 'marker.txt'\) and was not written by edgekit"):
+        import_e5_small(out, overwrite=True, progress=False)  # a user's directory is never replaced
+    seal(out, e5_module.TEACHER_KIND)  # from here on, an earlier import edgekit wrote
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash while writing")

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from conftest import DATA, VOCAB
+from conftest import DATA, ROOT, VOCAB
 from edgekit.errors import UserError
 from edgekit.tasks import load_task
 from test_cli_errors import assert_clean_error, run_cli
@@ -16,7 +16,7 @@ def test_clue_loaders_on_real_lines():
     assert tnews.num_labels == 15 and len(tnews.train) == 53360 and len(tnews.dev) == 10000
     assert set(tnews.dev.labels) == set(range(15))
     assert tnews.labels[0] == "100" and tnews.descriptions[0] == "news_story"
-    iflytek = load_task("iflytek", DATA / "clue" / "iflytek")
+    iflytek = load_task("iflytek", DATA / "clue" / "iflytek", provenance=ROOT / "benchmarks" / "clue_provenance.md")
     assert iflytek.num_labels == 119 and len(iflytek.dev) == 2599 and "not the official" in iflytek.note
     csl = load_task("csl", DATA / "clue" / "csl")
     assert csl.num_labels == 2 and len(csl.train) == 2002 and len(csl.dev) == 998
@@ -123,6 +123,9 @@ def test_bad_lines_and_labels(tmp_path):
     with pytest.raises(UserError, match=r"train.json:1 has label '999', which is not in the task's label set"):
         load_task("tnews", tmp_path)
     (tmp_path / "train.json").write_text("\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train.json' is empty; it needs one example per line"):
+        load_task("tnews", tmp_path)
+    (tmp_path / "train.json").write_text("[]\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"has no examples; an empty split"):
         load_task("tnews", tmp_path)
 

@@ -119,7 +119,7 @@ def test_interrupted_pipeline_resumes_the_stage(tiny_teacher, tiny_corpus, revie
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(load_pipeline_config(None, recipe), out, echo=lambda s: None)
-    assert not (out / "distill" / "stage.json").exists() and not (out / "distill" / "student").exists()
+    assert not (out / "distill" / "stage.json").exists() and not (out / "distill" / "model").exists()
     assert (out / "distill" / "checkpoints").is_dir()
     monkeypatch.setattr(distill_module, "distill", real)
     lines = []
@@ -198,6 +198,9 @@ def test_edgekit_run_command_prints_the_table_and_the_bundle(tiny_teacher, tiny_
     assert "[1/6] distill: MiniLM relation distillation" in first.stdout
     assert "| student, distilled + pruned | pytorch fp32 |" in first.stdout
     assert f"bundle for the phone app (jsonl): {tmp_path / 'run' / 'export' / 'jsonl' / 'bundle'}" in first.stdout
+    checkpoint = tmp_path / "run" / "finetune" / "jsonl" / "model"
+    assert f"fine-tuned checkpoint (jsonl): {checkpoint}" in first.stdout
+    assert f"- jsonl: checkpoint `{checkpoint}`; bundle `" in (tmp_path / "run" / "report.md").read_text()
     second = run_cli("run", path, "--set", "finetune.train.max_steps=8")
     assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 6
     third = run_cli("run", path)  # the recipe's 20 steps differ from the 8 the finished stage ran

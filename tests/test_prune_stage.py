@@ -17,7 +17,7 @@ from test_cli_errors import assert_clean_error, run_cli
 def tiny_student(tiny_teacher, tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled") / "run"
     distill(load_distill_config(None, tiny_distill_overrides(tiny_teacher, tiny_corpus, max_steps=6)), out)
-    return out / "student"
+    return out / "model"
 
 
 def _cfg(student, **train):
@@ -38,8 +38,8 @@ def test_prune_reaches_target_and_zeros_survive_save_and_load(tiny_student, tmp_
     assert not any(t["pruned"] for t in report["tensors"] if "LayerNorm" in t["name"] or t["name"].endswith("bias"))
     for t in pruned:
         assert t["numel"] - t["nonzeros"] >= round(0.8 * t["numel"]), t  # the target's zeros (and rarely a few more)
-    weights = load_file(out / "student" / "model.safetensors")
-    model = AlbertModel.from_pretrained(out / "student", add_pooling_layer=False)
+    weights = load_file(out / "model" / "model.safetensors")
+    model = AlbertModel.from_pretrained(out / "model", add_pooling_layer=False)
     reloaded = dict(model.named_parameters())
     for t in report["tensors"]:
         w = weights[t["name"]]
@@ -51,7 +51,7 @@ def test_prune_reaches_target_and_zeros_survive_save_and_load(tiny_student, tmp_
     assert metrics[0]["sparsity"] < 0.8  # gradual, not one shot
     for png in ("sparsity_schedule.png", "loss.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    meta = json.loads((out / "student" / "edgekit.json").read_text())
+    meta = json.loads((out / "model" / "edgekit.json").read_text())
     assert meta["stage"] == "prune" and meta["early_exit"] is True
 
 
@@ -59,8 +59,8 @@ def test_prune_resume_is_identical(tiny_student, tmp_path):
     prune(_cfg(tiny_student), tmp_path / "full")
     assert prune(_cfg(tiny_student), tmp_path / "half", stop_after_step=5)["interrupted"]
     prune(_cfg(tiny_student), tmp_path / "half", resume=True)
-    a = load_file(tmp_path / "full" / "student" / "model.safetensors")
-    b = load_file(tmp_path / "half" / "student" / "model.safetensors")
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "half" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

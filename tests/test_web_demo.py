@@ -8,7 +8,7 @@
   ``edgekit demo web`` command: texts typed into the page give the token ids, label, exit layer
   and scores (within 1e-4) that ``edgekit_device.Predictor`` gives for the same bundle, at fixed
   exits and dynamic ones (PABEE patience, DeeBERT entropy), for a per-layer fp32 bundle, a fixed
-  bundle and a per-layer int8 bundle.
+  bundle, a per-layer int8 bundle and a per-layer bundle with a mean-pooled head.
 
 Needs Node 20+, ``npm ci --prefix web_demo`` and Debian's ``chromium`` (``EDGEKIT_CHROMIUM``
 overrides the path); without them the tests skip with the reason, or fail when
@@ -122,6 +122,20 @@ def fixed_bundle(classifier_dir):
     from edgekit.export import export_model
 
     return export_model(classifier_dir, classifier_dir.parent / "fixed2", exit_layer=2, sample_texts=TEXTS)
+
+
+@pytest.fixture(scope="module")
+def mean_bundle(classifier_dir):
+    """The per-layer fp32 bundle of the same weights with a mean-pooled head (``classifier_pooling:
+    mean``): its head graph takes the attention mask too."""
+    from edgekit.export import export_model
+
+    path = classifier_dir.parent / "classifier-mean"
+    shutil.copytree(classifier_dir, path)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    (path / "config.json").write_text(json.dumps({**config, "classifier_pooling": "mean"}, ensure_ascii=False),
+                                      encoding="utf-8")
+    return export_model(path, classifier_dir.parent / "mean", sample_texts=TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -425,3 +439,21 @@ def test_page_matches_python_runtime_int8(chromium, int8_bundle, tmp_path):
             {"name": "int8-patience-1", "mode": "patience", "exit_layer": predictor.depth, "patience": 1,
              "texts": TEXTS[3:]}]
     assert_page_matches(predictor, runs, run_page(int8_bundle, runs, tmp_path))
+
+
+def test_page_matches_python_runtime_mean_pooling(chromium, mean_bundle, tmp_path):
+    """A mean-pooled bundle: the page feeds the head the attention mask, and gives edgekit_device's
+    label, exit layer and scores (1e-4) at fixed and dynamic exits."""
+    import edgekit_device
+
+    predictor = edgekit_device.Predictor(mean_bundle, threads=1)
+    assert predictor.bundle.pooling == "mean"
+    assert [t["name"] for t in predictor.graphs["head"]["inputs"]] == ["hidden", "attention_mask"]
+    runs = [{"name": "mean-fixed-2", "mode": "fixed", "exit_layer": 2, "texts": TEXTS},
+            {"name": "mean-patience-1", "mode": "patience", "exit_layer": predictor.depth, "patience": 1,
+             "texts": TEXTS}]
+    assert_page_matches(predictor, runs, run_page(mean_bundle, runs, tmp_path))
+    # The comparison means something: the texts' scores differ (a mean head smooths them, so
+    # they may all share a label).
+    scores = predictor.predict(TEXTS, exit_layer=2).scores
+    assert float(np.ptp(scores, axis=0).max()) > 1e-2, scores

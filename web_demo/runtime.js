@@ -8,6 +8,8 @@
 //     "entropy" (DeeBERT): stop at the first layer whose prediction entropy (nats) < threshold;
 //     the last allowed layer always stops.
 // - `fixed` bundle: the single `model` graph computes its one exit.
+// - The head reads the layer by the bundle's pooling (manifest `model.pooling`, absent: "cls"):
+//   [CLS], or the masked token mean ("mean"), whose head graph also takes the attention mask.
 //
 // Inputs are fed with the dtypes the manifest declares, padded where it gives a static dimension,
 // exactly as Predictor._run does. Scores are the softmax of the exit's logits.
@@ -79,6 +81,7 @@ export class WebPredictor {
     this.exits = manifest.exits.layers.slice();
     this.depth = Math.max(...this.exits);
     this.maxLength = manifest.max_length;
+    this.pooling = (manifest.model && manifest.model.pooling) || "cls";
   }
 
   // Fetch manifest.json, the labels, the device tokenizer and the graphs from `base` (a URL
@@ -119,6 +122,10 @@ export class WebPredictor {
         graphOptimizationLevel: "all",
         ...sessionOptions,
       });
+    }
+    const pooling = (manifest.model && manifest.model.pooling) || "cls";
+    if (pooling !== "cls" && pooling !== "mean") {
+      throw new BundleError(`model.pooling '${pooling}' is not one of cls, mean; export the bundle again with this edgekit.`);
     }
     const predictor = new WebPredictor(ort, manifest, labels, tokenizer, sessions);
     predictor.verifiedFiles = verified;
@@ -202,6 +209,12 @@ export class WebPredictor {
     return this.tokenizer.encode(text, this.maxLength);
   }
 
+  // The head's logits for one layer's hidden state: a mean-pooled head also takes the mask.
+  async head(hidden, maskFeed) {
+    const feeds = this.pooling === "mean" ? { hidden, attention_mask: maskFeed } : { hidden };
+    return Array.from((await this.output("head", feeds))[0], Number);
+  }
+
   // One text: {ids, labelId, label, scores, logits, exitLayer, layerEvaluations, trace, timings}.
   // options: {mode: "fixed" | "patience" | "entropy", exitLayer, patience, entropyThreshold, maxLayer}
   async predict(text, { mode = "fixed", exitLayer = null, patience = 2, entropyThreshold = 0.1, maxLayer = null } = {}) {
@@ -218,14 +231,13 @@ export class WebPredictor {
     if (mode === "fixed") {
       layer = this.checkExit(exitLayer);
       if (this.layout === "fixed") {
-        logits = await this.output("model", { input_ids: idsFeed, attention_mask: maskFeed });
+        logits = Array.from((await this.output("model", { input_ids: idsFeed, attention_mask: maskFeed }))[0], Number);
       } else {
         let hidden = await this.output("embed", { input_ids: idsFeed });
         for (let k = 0; k < layer; k++) hidden = await this.output("layer", { hidden, attention_mask: maskFeed });
-        logits = await this.output("head", { hidden });
+        logits = await this.head(hidden, maskFeed);
       }
       evaluations = layer;
-      logits = Array.from(logits[0], Number);
     } else {
       if (this.layout !== "per-layer") {
         throw new BundleError(`dynamic exits need a per-layer bundle; this one computes exactly ${this.exits[0]} layers.`);
@@ -245,7 +257,7 @@ export class WebPredictor {
       for (let k = 1; k <= last; k++) {
         hidden = await this.output("layer", { hidden, attention_mask: maskFeed });
         evaluations += 1;
-        const here = Array.from((await this.output("head", { hidden }))[0], Number);
+        const here = await this.head(hidden, maskFeed);
         const prediction = argmax(here);
         const h = entropy(here);
         let done;

@@ -6,7 +6,7 @@ tests compare everything around the model against what the reference runtime giv
 
 - token ids of every text (TNEWS and English sentences, probe texts, random strings) under each
   device tokenizer file, with and without truncation;
-- for each bundle: the manifest facts, the ids the bundle's tokenizer gives, every layer's logits
+- for each bundle (cls- and mean-pooled heads): the manifest facts, the ids the bundle's tokenizer gives, every layer's logits
   (computed by the real bundle through ``edgekit_device``), their entropies, and the predictions
   of ``edgekit_device.Predictor`` for fixed exits and for dynamic exits (patience, entropy).
 
@@ -258,6 +258,7 @@ def bundle_golden(name: str, bundle_dir, texts: list[str]) -> dict:
         "name": name, "dir": str(Path(bundle_dir).resolve()),
         "expect": {"format": manifest["format"], "layout": manifest["layout"], "precision": manifest["precision"],
                    "max_length": bundle.max_length, "exits": bundle.exit_layers, "labels": bundle.labels,
+                   "pooling": bundle.pooling,
                    "pad_id": tok.pad_id, "graphs": sorted(manifest["graphs"])},
         "texts": texts, "ids": rows,
         "layer_logits": [[[float(x) for x in row] for row in layer] for layer in logits],

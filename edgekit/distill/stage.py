@@ -1,5 +1,5 @@
 """The ``edgekit distill`` run: prepare the student's vocabulary, build the student, train it on the
-relation losses of ``edgekit.distill.minilm`` against the frozen teacher, write ``OUT/student``."""
+relation losses of ``edgekit.distill.minilm`` against the frozen teacher, write ``OUT/model``."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from edgekit.data import ResumableBatches, TokenizedCorpus, read_corpus
 from edgekit.distill.config import DistillConfig
 from edgekit.distill.minilm import RelationDistiller
 from edgekit.errors import UserError
-from edgekit.io import RunDir, check_run_dir, read_json, write_json
+from edgekit.io import RunDir, atomic_dir, check_run_dir, read_json, write_json
 from edgekit.student import build_student, count_parameters
 from edgekit.train import Trainer, init_distributed
-from edgekit.vocab import teacher_to_student_ids, trim_vocabulary
+from edgekit.vocab import VOCAB_KIND, teacher_to_student_ids, trim_vocabulary
 
 TRIM_AUTO_THRESHOLD = 50_000
 
@@ -37,15 +37,17 @@ def _prepare_vocab(cfg: DistillConfig, run: RunDir, tokenizer, texts):
         student_tok, kept = tokenizer, list(range(len(tokenizer)))
         report = {"original_vocab_size": len(tokenizer), "trimmed_vocab_size": len(tokenizer), "trimmed": False}
     report["trimmed"] = trim
-    student_tok.save_pretrained(vocab_dir)
-    write_json(vocab_dir / "report.json", report)
-    write_json(vocab_dir / "vocab_map.json", {"teacher_ids": kept})
+    # in one piece: a kill or a full disk must not leave a tokenizer.json cut short beside the run
+    with atomic_dir(vocab_dir, VOCAB_KIND) as tmp:
+        student_tok.save_pretrained(tmp)
+        write_json(tmp / "report.json", report)
+        write_json(tmp / "vocab_map.json", {"teacher_ids": kept})
     return student_tok, kept, report
 
 
 def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int | None = None,
-            command: str | None = None) -> dict:
-    """Distill ``cfg.teacher`` into a fresh student; the student is written to ``OUT/student``."""
+            command: str | None = None, overwrite: bool = False) -> dict:
+    """Distill ``cfg.teacher`` into a fresh student; the student is written to ``OUT/model``."""
     out = Path(out)
     cfg.student.validate()
     cfg.train.validate()
@@ -53,7 +55,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
         raise UserError("no teacher given; pass --teacher DIR (a Hugging Face encoder checkpoint) or --teacher e5-small.")
     if cfg.data.max_length < 8:
         raise UserError(f"data.max_length must be at least 8 tokens, got {cfg.data.max_length}.")
-    check_run_dir(out, resume)
+    check_run_dir(out, resume, overwrite, "distill-run")
     dist = init_distributed()
     torch.manual_seed(cfg.train.seed)
 
@@ -62,7 +64,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
     tokenizer = load_tokenizer(teacher_dir)
     texts = read_corpus(cfg.data.corpus, cfg.data.text_field, cfg.data.max_lines)
 
-    run = RunDir(out, command=command or " ".join(sys.argv))
+    run = RunDir(out, command=command or " ".join(sys.argv), kind="distill-run")
     if dist.is_main:
         run.write_config(to_dict(cfg))
     student_tok, kept, vocab_report = _prepare_vocab(cfg, run, tokenizer, texts) if dist.is_main else (None, None, None)
@@ -117,7 +119,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
         "steps": trainer.step,
         "final_metrics": outcome["last"],
         "seconds": round(time.perf_counter() - start, 1),
-        "student_dir": str(out / "student"),
+        "model_dir": str(out / "model"),
         "parameters": params,
         "nonzero_parameters": nonzero,
         "teacher_layer": distiller.teacher_layer,
@@ -127,7 +129,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
         "world_size": dist.world_size,
     }
     if dist.is_main:
-        save_student(distiller, out / "student")
+        save_student(distiller, out / "model")
         run.write_results(results)
     if dist.enabled:
         from edgekit.train import barrier

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AlbertForSequenceClassification, AlbertModel
 
-from edgekit.albert import albert_of, apply_layer, check_layer, classifier_head, embed, layer_mask
+from edgekit.albert import POOLINGS, albert_of, apply_layer, check_layer, classifier_head, embed, layer_mask, pooling_of
 from edgekit.early_exit.losses import prediction_entropy, weighted_exit_loss
 from edgekit.errors import UserError
 
@@ -66,8 +66,10 @@ class EarlyExitClassifier(nn.Module):
 
     The head shared by all exits is the inner model's own: pooler + tanh + dropout + classifier on
     the [CLS] (first) position of the exit layer's output, so exiting at the last layer gives
-    exactly the inner model's logits. Save and load the inner model with ``save_pretrained`` /
-    ``from_pretrained``; the checkpoint is a standard Hugging Face one.
+    exactly the inner model's logits. With ``pooling == "mean"`` (``config.classifier_pooling``)
+    the head reads the masked mean of the exit layer's tokens instead, without the pooler
+    (``edgekit.albert.classifier_head``). Save and load the inner model with ``save_pretrained`` /
+    ``from_pretrained``; the checkpoint is a standard Hugging Face one, plus that setting.
     """
 
     def __init__(self, model: AlbertForSequenceClassification):
@@ -107,11 +109,24 @@ class EarlyExitClassifier(nn.Module):
     def depth(self) -> int:
         return self.model.config.num_hidden_layers
 
+    @property
+    def pooling(self) -> str:
+        """``cls`` or ``mean``: how the head reads a layer's hidden states (saved in config.json)."""
+        return pooling_of(self.model.config)
+
+    @pooling.setter
+    def pooling(self, value: str) -> None:
+        if value not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {value!r}.")
+        self.model.config.classifier_pooling = value
+
     # -- the shared head
 
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits (B, C) from one layer's hidden states (B, T, H), as the inner model computes them."""
-        return classifier_head(self.model, hidden)
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, C) from one layer's hidden states (B, T, H), as the inner model computes them.
+
+        ``attention_mask`` (B, T) matters for mean pooling only (None: every position is a token)."""
+        return classifier_head(self.model, hidden, attention_mask)
 
     # -- training and fixed budgets
 
@@ -124,7 +139,7 @@ class EarlyExitClassifier(nn.Module):
         computed, so they sum to 1); ``early_exit=False`` trains the last computed exit only.
         """
         states = encode_to_layer(self.model.albert, input_ids, attention_mask, token_type_ids, exit_layer)
-        logits = torch.stack([self.head(hidden) for hidden in states])
+        logits = torch.stack([self.head(hidden, attention_mask) for hidden in states])
         if labels is None:
             return EarlyExitOutput(logits=logits)
         if labels.shape != logits.shape[1:2]:
@@ -140,7 +155,7 @@ class EarlyExitClassifier(nn.Module):
         """Class predictions (B,) of a fixed budget: every example exits at ``exit_layer``."""
         exit_layer = self.depth if exit_layer is None else check_layer("exit_layer", exit_layer, self.depth)
         states = encode_to_layer(self.model.albert, input_ids, attention_mask, token_type_ids, exit_layer)
-        return self.head(states[-1]).argmax(dim=-1)
+        return self.head(states[-1], attention_mask).argmax(dim=-1)
 
     # -- dynamic exit
 
@@ -188,7 +203,7 @@ class EarlyExitClassifier(nn.Module):
         for index in range(max_layer):
             layer = index + 1
             hidden = apply_layer(albert, index, hidden, layer_mask(albert, hidden, mask2d))
-            logits = self.head(hidden)
+            logits = self.head(hidden, mask2d)
             prediction = logits.argmax(dim=-1)
             if layer == max_layer:
                 done = torch.ones_like(prediction, dtype=torch.bool)

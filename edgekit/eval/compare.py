@@ -16,7 +16,13 @@ from pathlib import Path
 from edgekit.errors import UserError
 from edgekit.io import write_json
 
-TASK_ORDER = ["tnews", "iflytek", "csl", "afqmc", "ocnli", "cmnli", "sentiment"]
+
+def task_order() -> list[str]:
+    """Columns in the order of ``edgekit.tasks.task_names()``: every task ``edgekit finetune`` knows (one
+    list, so a task added there is a column here); other names (registered later) follow."""
+    from edgekit.tasks import task_names
+
+    return task_names()
 
 
 def _results(items) -> list[dict]:
@@ -64,8 +70,15 @@ def model_size(path) -> dict:
     return {"parameters": None, "nonzeros": None, "bytes": None, "gzip_bytes": None, "packed_bytes": None, "format": "?"}
 
 
-def compare(items, out=None) -> dict:
-    """Collect eval results into one table; write Markdown, CSV and a PNG plot to ``out``."""
+def compare(items, out=None, overwrite: bool = False) -> dict:
+    """Collect eval results into one table; write Markdown, CSV and a PNG plot to ``out``.
+
+    ``out`` is written atomically; an existing one is replaced only if it is an earlier comparison
+    and ``overwrite`` (``edgekit.io.atomic_dir``: a directory edgekit did not write is refused)."""
+    if out is not None:
+        from edgekit.io import check_out
+
+        check_out(out, "comparison", overwrite)
     results = _results(items)
     rows: dict[str, dict] = {}
     tasks = []
@@ -78,7 +91,8 @@ def compare(items, out=None) -> dict:
             row["notes"].add(r["note"])
         if r["task"] not in tasks:
             tasks.append(r["task"])
-    tasks.sort(key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER))
+    order = task_order()
+    tasks.sort(key=lambda t: order.index(t) if t in order else len(order))
 
     def fmt(n):
         return "" if n is None else f"{n / 1e6:.2f}M"
@@ -111,12 +125,13 @@ def compare(items, out=None) -> dict:
     summary = {"tasks": tasks, "rows": [{**{k: v for k, v in r.items() if k != "notes"}, "notes": sorted(r["notes"])}
                                         for r in rows.values()], "markdown": markdown}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.md").write_text(markdown + "\n", encoding="utf-8")
-        (out / "compare.csv").write_text(buf.getvalue(), encoding="utf-8")
-        write_json(out / "compare.json", summary)
-        _plot(rows.values(), out / "accuracy_vs_size.png")
+        from edgekit.io import atomic_dir
+
+        with atomic_dir(out, "comparison", overwrite) as tmp:
+            (tmp / "compare.md").write_text(markdown + "\n", encoding="utf-8")
+            (tmp / "compare.csv").write_text(buf.getvalue(), encoding="utf-8")
+            write_json(tmp / "compare.json", summary)
+            _plot(rows.values(), tmp / "accuracy_vs_size.png")
     return summary
 
 

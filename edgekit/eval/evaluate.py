@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import UserError
-from edgekit.tasks import load_task
+from edgekit.tasks import load_split
 
 
 def _label_index(model_labels: list[str], task) -> np.ndarray:
@@ -50,7 +50,7 @@ def _eval_checkpoint(path, texts, batch_size, max_length):
     from edgekit.data import TokenizedCorpus
     from edgekit.finetune import ClassifierModule
 
-    check_model_dir(path)
+    path = check_model_dir(path)
     config = load_config_of(path)
     archs = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -60,9 +60,9 @@ def _eval_checkpoint(path, texts, batch_size, max_length):
 
         model = EarlyExitClassifier.from_pretrained(path)
     else:
-        from transformers import AutoModelForSequenceClassification
+        from edgekit.finetune.pooling import load_sequence_classifier
 
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = load_sequence_classifier(path)  # pools as config.json says (mean for e5)
     module = ClassifierModule(model, early_exit=True).eval()
     tokenizer = load_tokenizer(path)
     max_length = max_length or read_meta(path).get("max_length", 128)
@@ -81,14 +81,18 @@ def _eval_checkpoint(path, texts, batch_size, max_length):
 
 def evaluate(path, task: str, data_dir=None, split: str = "dev", text_field=None, text_pair_field=None,
              label_field=None, batch_size: int = 32, max_examples: int | None = None, max_length: int | None = None,
-             threads: int | None = None) -> dict:
-    """Accuracy of a checkpoint or bundle on ``task``'s ``split``: overall (deepest exit) and per exit."""
+             threads: int | None = None, test_file: str | None = None, provenance=None) -> dict:
+    """Accuracy of a checkpoint or bundle on ``task``'s ``split``: overall (deepest exit) and per exit.
+
+    ``split`` is ``train``, ``dev``, ``test`` or (tasks read from files) a file stem; a split the
+    task does not have is an error, never a silent fallback to dev (``edgekit.tasks.load_split``)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"'{path}' does not exist; pass a fine-tuned model directory or an exported bundle.")
-    t = load_task(task, data_dir, text_field, text_pair_field, label_field,
-                  **({"dev_file": split} if split != "dev" else {}))
-    data = t.dev
+    from edgekit.checkpoint import resolve_model_dir
+
+    p = resolve_model_dir(p, bundles=True)  # a run directory names the model or bundle it wrote
+    t, data = load_split(task, split, data_dir, text_field, text_pair_field, label_field, test_file, provenance)
     n = len(data) if max_examples is None else min(max_examples, len(data))
     texts, gold = data.texts[:n], np.array(data.labels[:n])
     if is_bundle(p):

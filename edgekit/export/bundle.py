@@ -54,6 +54,9 @@ def versions() -> dict:
 
 
 def model_facts(classifier) -> dict:
+    """The manifest's ``model``: shape, parameter counts (the checkpoint's, pooler included even when a
+    mean-pooled head leaves it out of the graphs) and ``pooling``, which tells a runtime whether the
+    head takes the attention mask."""
     from edgekit.student import count_parameters
 
     config = classifier.model.config
@@ -61,7 +64,7 @@ def model_facts(classifier) -> dict:
     return {"architecture": "albert", "num_layers": config.num_hidden_layers, "num_heads": config.num_attention_heads,
             "hidden_size": config.hidden_size, "embedding_size": config.embedding_size, "vocab_size": config.vocab_size,
             "num_labels": config.num_labels, "shared_layer": config.num_hidden_groups == 1,
-            "parameters": parameters, "nonzero_parameters": nonzero}
+            "pooling": classifier.pooling, "parameters": parameters, "nonzero_parameters": nonzero}
 
 
 def source_facts(model_dir: Path) -> dict:

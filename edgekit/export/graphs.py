@@ -5,8 +5,9 @@ Two layouts (``export/BUNDLE.md``):
 - ``fixed``: ``model`` = (input_ids, attention_mask) -> logits after exactly k layers; the layers
   above k are not in the graph.
 - ``per-layer``: ``embed`` (input_ids -> hidden), ``layer`` (hidden, attention_mask -> hidden:
-  ALBERT's one shared layer, stored once) and ``head`` (hidden -> logits from [CLS]). The runtime
-  loops ``layer`` and may stop after any application of it.
+  ALBERT's one shared layer, stored once) and ``head`` (hidden -> logits from [CLS]; for a
+  mean-pooled checkpoint (hidden, attention_mask) -> logits from the masked token mean). The
+  runtime loops ``layer`` and may stop after any application of it.
 
 The modules compute exactly what ``EarlyExitClassifier`` computes, through the pieces of
 ``edgekit.albert``, with export-minded choices: the padding mask is built in the graph as an
@@ -34,13 +35,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.albert import additive_mask, apply_layer, classifier_head
+from edgekit.albert import POOLINGS, additive_mask, apply_layer, classifier_head
 from edgekit.early_exit import EarlyExitClassifier
 
 LAYOUTS = ("fixed", "per-layer")
-# The inputs of each graph, by name, in the order its forward takes them.
-GRAPH_INPUTS = {"model": ("input_ids", "attention_mask"), "embed": ("input_ids",),
-                "layer": ("hidden", "attention_mask"), "head": ("hidden",)}
+
+
+def graph_inputs(pooling: str = "cls") -> dict[str, tuple[str, ...]]:
+    """The inputs of each graph, by name, in the order its forward takes them: the head of a
+    mean-pooled model also takes the attention mask (padding must not enter the mean)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return {"model": ("input_ids", "attention_mask"), "embed": ("input_ids",),
+            "layer": ("hidden", "attention_mask"),
+            "head": ("hidden", "attention_mask") if pooling == "mean" else ("hidden",)}
 
 
 @dataclass(frozen=True)
@@ -114,15 +122,20 @@ class LayerGraph(nn.Module):
 
 
 class HeadGraph(nn.Module):
-    """hidden (B, T, H) -> logits (B, C): pooler + tanh + classifier on [CLS], as ``EarlyExitClassifier.head``."""
+    """hidden (B, T, H) -> logits (B, C), as ``EarlyExitClassifier.head``: pooler + tanh + classifier
+    on [CLS]; or, for ``pooling == "mean"``, (hidden, attention_mask) -> classifier on the masked mean."""
 
     def __init__(self, classifier: EarlyExitClassifier, style: GraphStyle = GraphStyle()):
         super().__init__()
         self.model = classifier.model
+        self.pooling = classifier.pooling
         self.style = style
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = classifier_head(self.model, hidden, keep_sequence_axis=self.style.head_keeps_sequence_axis)
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "mean" and attention_mask is None:
+            raise ValueError("a mean-pooled head needs the attention mask")
+        logits = classifier_head(self.model, hidden, attention_mask if self.pooling == "mean" else None,
+                                 keep_sequence_axis=self.style.head_keeps_sequence_axis)
         return _output(self.style, "logits", logits)
 
 
@@ -144,7 +157,7 @@ class FixedGraph(nn.Module):
         mask = additive_mask(attention_mask, hidden.dtype, self.style.mask_value)
         for index in range(self.exit_layer):
             hidden = apply_layer(self.albert, index, hidden, mask)
-        return _output(self.style, "logits", self.head(hidden))
+        return _output(self.style, "logits", self.head(hidden, attention_mask))
 
 
 def build_graphs(classifier: EarlyExitClassifier, layout: str, exit_layer: int, max_length: int,
@@ -181,6 +194,7 @@ def calibration_feeds(graphs: dict[str, nn.Module], name: str, batches: list[tup
             yield {"input_ids": ids}
         return
     embed, layer = (_tensor_output(graphs[name]) for name in ("embed", "layer"))
+    head_takes_mask = graphs["head"].pooling == "mean"
     stride = max(1, -(-len(batches) * depth // limit))
     with torch.no_grad():
         for b, (ids, mask) in enumerate(batches):
@@ -191,4 +205,4 @@ def calibration_feeds(graphs: dict[str, nn.Module], name: str, batches: list[tup
                     yield {"hidden": hidden.numpy(), "attention_mask": mask}
                 hidden = layer(hidden, torch.from_numpy(mask))
                 if keep and name == "head":
-                    yield {"hidden": hidden.numpy()}
+                    yield {"hidden": hidden.numpy(), **({"attention_mask": mask} if head_takes_mask else {})}

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.export.graphs import GraphStyle, build_graphs, calibration_feeds
+from edgekit.albert import pooling_of
+from edgekit.export.graphs import GraphStyle, build_graphs, calibration_feeds, graph_inputs
 
 __all__ = ["ONNX_STYLE", "OPSET", "SCHEMES", "export_onnx", "graph_entries", "graph_specs", "quantize_onnx", "write_onnx"]
 
@@ -212,22 +213,20 @@ def _tensor(name: str, dtype: str, axes: list[str], sizes: dict) -> dict:
 
 
 def graph_entries(config, layout: str) -> dict[str, dict]:
-    """{graph name: manifest entry (inputs and outputs: name, dtype, shape, axes)} of a layout."""
+    """{graph name: manifest entry (inputs and outputs: name, dtype, shape, axes)} of a layout.
+
+    The inputs are ``graph_inputs`` of the checkpoint's pooling: a mean-pooled head takes the
+    attention mask as well."""
     sizes = {"hidden": config.hidden_size, "labels": config.num_labels}  # batch and sequence stay dynamic
     token, hidden, logits = [BATCH, SEQUENCE], [BATCH, SEQUENCE, "hidden"], [BATCH, "labels"]
-    if layout == "fixed":
-        return {"model": {"inputs": [_tensor("input_ids", "int64", token, sizes),
-                                     _tensor("attention_mask", "int64", token, sizes)],
-                          "outputs": [_tensor("logits", "float32", logits, sizes)]}}
-    return {
-        "embed": {"inputs": [_tensor("input_ids", "int64", token, sizes)],
-                  "outputs": [_tensor("hidden", "float32", hidden, sizes)]},
-        "layer": {"inputs": [_tensor("hidden", "float32", hidden, sizes),
-                             _tensor("attention_mask", "int64", token, sizes)],
-                  "outputs": [_tensor("next_hidden", "float32", hidden, sizes)]},
-        "head": {"inputs": [_tensor("hidden", "float32", hidden, sizes)],
-                 "outputs": [_tensor("logits", "float32", logits, sizes)]},
-    }
+    tensors = {"input_ids": ("int64", token), "attention_mask": ("int64", token), "hidden": ("float32", hidden)}
+    outputs = {"model": ("logits", logits), "embed": ("hidden", hidden), "layer": ("next_hidden", hidden),
+               "head": ("logits", logits)}
+    inputs = graph_inputs(pooling_of(config))
+    names = ("model",) if layout == "fixed" else ("embed", "layer", "head")
+    return {name: {"inputs": [_tensor(t, *tensors[t], sizes) for t in inputs[name]],
+                   "outputs": [_tensor(outputs[name][0], "float32", outputs[name][1], sizes)]}
+            for name in names}
 
 
 def example_inputs(config, entry: dict) -> tuple[torch.Tensor, ...]:

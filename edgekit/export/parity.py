@@ -1,22 +1,39 @@
-"""Export-time checks: the bundle must compute what the PyTorch model computes.
+"""Export-time checks: the bundle must predict what the PyTorch model predicts.
 
 ``check_parity`` runs the written bundle through the device runtime (``edgekit_device``, exactly
-what ships) and the PyTorch model on the same inputs, at every exit the bundle offers, and fails
-the export when any exit's argmax agreement is below ``min_agreement`` (default 0.99) or its
-largest logit difference exceeds the precision's tolerance::
+what ships) and the PyTorch model on the same inputs, at every exit the bundle offers, and
+measures what a user sees, whether the predicted class changes::
 
-    max |logits_bundle - logits_torch| <= atol + rtol * max |logits_torch|
+    raw_agreement = (1/N) · #{i : argmax bundle_i = argmax torch_i}
+    near_ties     = #{i : the argmax flips and torch's top-1 − top-2 margin < NEAR_TIE_MARGIN}
+    agreement     = raw_agreement + near_ties / N
 
-fp32: atol 1e-4, rtol 1e-3 (float rounding of a different kernel order); int8: atol 0.05, rtol
-0.25 (8-bit weights and activations move logits by a few percent of their range; agreement is
-the real gate). Inputs are the sample texts when given, else generated token sequences.
+An exit fails when ``agreement < min_agreement``. The near-tie margin is fixed (1e-3 in logits),
+never derived from the differences being judged: an example the reference itself separates by
+less than that has no preferred class, and any float re-ordering may flip it. Defaults
+(``MIN_AGREEMENT``), from dynamic-int8 ONNX exports measured on 256 inputs, worst exit:
 
-Agreement leaves out near-ties: a flip on an example whose PyTorch top-2 margin is within twice
-the exit's ordinary numeric difference (the 90th percentile over the samples of each example's
-largest |Δlogit|) is what that difference does to any near-tie, not a wrong bundle (a 15-class
-head has such examples; an undertrained one has many). A flip with a clear margin counts, and
-so does a bundle whose differences are large everywhere: the logit bound catches that.
-``raw_agreement`` and ``near_ties`` are reported beside ``agreement``.
+- fp32 0.999: a float graph only reorders sums (|Δlogit| < 1e-5 in every export measured), so
+  every example that is not a near-tie must agree; 0.999 allows one flip in a thousand inputs,
+  none in the default 256.
+- int8 0.98: int8 bundles of trained models changed 0-1.6% of predictions: a 15-class TNEWS student (4
+  shared layers, hidden 128, 400 steps) 98.8% on its dev texts and 98.4% on generated ids; a
+  tiny trained two-class model 100% on its dev texts, 98.4% on generated ids; the untrained tiny
+  test classifier (random weights, near-tied logits) 97.7% raw, 98.0% with its one near-tie.
+  The same bundles with one weight matrix of the shared layer scaled by 3 agreed on 21-75%
+  (value or FFN output weights, TNEWS student) or 67.5% (value weights, tiny model); a damage
+  that changes no prediction passes int8, which is what this gate is about (fp32 catches it by
+  the logit bound below).
+
+fp32 also bounds the logits, which catches a broken graph before its argmaxes show it::
+
+    max |logits_bundle − logits_torch| ≤ atol + rtol · max |logits_torch|,  atol 1e-4, rtol 1e-3
+
+int8 logits move with the head's scale (a barely trained head has small logits, so a relative
+bound refuses a sound bundle), so for int8 the max and 99th percentile of |Δlogit| are reported,
+not gated. Inputs are the task's texts when there are any (``sample_texts``; ``edgekit export
+--task`` and ``edgekit run`` pass the dev split), else generated token sequences; the manifest's
+``parity.source`` says which and ``parity.inputs`` what they were.
 """
 
 from __future__ import annotations
@@ -26,9 +43,10 @@ import torch
 
 from edgekit.errors import UserError
 
-TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3}, "int8": {"atol": 0.05, "rtol": 0.25}}
-MIN_AGREEMENT = 0.99
-SAMPLES = 64
+MIN_AGREEMENT = {"fp32": 0.999, "int8": 0.98}
+NEAR_TIE_MARGIN = 1e-3
+TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3}, "int8": None}
+SAMPLES = 256
 
 # Texts the device tokenizer is checked on when no sample texts are given: the scripts and the
 # normalizations (full-width forms, accents, case, CJK, emoji, controls) where tokenizers differ.
@@ -98,45 +116,95 @@ def bundle_logits(predictor, ids: np.ndarray, mask: np.ndarray, batch: int = 16)
                           axis=1)
 
 
-def decided_agreement(reference: np.ndarray, got: np.ndarray, quantile: float = 0.9) -> dict:
-    """Argmax agreement of ``got`` with ``reference`` ((B, C) logits each), near-ties left out.
+def argmax_agreement(reference: np.ndarray, got: np.ndarray, margin: float = NEAR_TIE_MARGIN) -> dict:
+    """Argmax agreement of ``got`` with ``reference`` ((N, C) logits each).
 
-    noise = the ``quantile`` of d_i = max_c |got_ic − reference_ic| over the examples;
-    example i is a near-tie when it flips and its reference margin top1 − top2 ≤ 2·noise.
-    agreement = 1 − (flips that are not near-ties) / (examples that are not near-ties).
+    raw_agreement = (1/N) · #{i : argmax got_i = argmax reference_i}
+    near_ties     = #{i : the argmax flips and reference_i's top1 − top2 < margin}
+    agreement     = raw_agreement + near_ties / N
     """
+    n = len(reference)
     flips = reference.argmax(-1) != got.argmax(-1)
-    noise = float(np.quantile(np.abs(got - reference).max(-1), quantile))
-    top2 = np.sort(reference, axis=-1)[:, -2:]
-    near_tie = flips & (top2[:, 1] - top2[:, 0] <= 2 * noise)
-    decided = int((~near_tie).sum())
-    return {"agreement": 1.0 - float((flips & ~near_tie).sum()) / max(decided, 1),
-            "raw_agreement": 1.0 - float(flips.mean()), "near_ties": int(near_tie.sum()), "noise": noise}
+    top2 = np.sort(reference, axis=-1)[:, -2:] if reference.shape[-1] > 1 else np.zeros((n, 2))
+    near_tie = flips & (top2[:, 1] - top2[:, 0] < margin)
+    raw = 1.0 - float(flips.sum()) / max(n, 1)
+    return {"raw_agreement": raw, "near_ties": int(near_tie.sum()),
+            "agreement": raw + float(near_tie.sum()) / max(n, 1), "flips": int(flips.sum())}
+
+
+def logit_differences(reference: np.ndarray, got: np.ndarray) -> dict:
+    """max and 99th percentile over examples of d_i = max_c |got_ic − reference_ic|, and max |reference|."""
+    d = np.abs(got - reference).max(-1)
+    return {"max_abs_diff": float(d.max()), "p99_abs_diff": float(np.quantile(d, 0.99)),
+            "max_abs_logit": float(np.abs(reference).max())}
+
+
+def logit_bound(tolerance: dict | None, max_abs_logit: float) -> float | None:
+    """atol + rtol · max |reference logit|, or None where the precision has no logit bound (int8)."""
+    return None if tolerance is None else tolerance["atol"] + tolerance["rtol"] * max_abs_logit
+
+
+def judge_exit(reference: np.ndarray, got: np.ndarray, precision: str, min_agreement: float) -> dict:
+    """One exit's parity entry: agreement, logit differences, and ``failed`` (None, "agreement" or "logits")."""
+    entry = {**argmax_agreement(reference, got), **logit_differences(reference, got)}
+    bound = logit_bound(TOLERANCES[precision], entry["max_abs_logit"])
+    entry["logit_bound"] = bound
+    if bound is not None and not entry["max_abs_diff"] <= bound:
+        entry["failed"] = "logits"
+    elif entry["agreement"] < min_agreement:
+        entry["failed"] = "agreement"
+    else:
+        entry["failed"] = None
+    return entry
+
+
+def failure_sentence(per_exit: list[dict], precision: str, min_agreement: float, inputs: str,
+                     generated: bool = False) -> str:
+    """The one sentence a failed parity check says: the worst exit, its numbers, the inputs, the way out."""
+    failed = [e for e in per_exit if e["failed"]]
+    broken = [e for e in failed if e["failed"] == "logits"]
+    more = f" (and {len(failed) - 1} more exit{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+    if broken:
+        e = max(broken, key=lambda e: e["max_abs_diff"] / e["logit_bound"])
+        return (f"the exported {precision} bundle does not compute what the PyTorch model computes: at exit {e['exit']}{more} "
+                f"its logits differ by up to {e['max_abs_diff']:.3g} on {inputs}, beyond the {e['logit_bound']:.3g} "
+                f"that float rounding explains (argmax agreement {e['raw_agreement']:.1%}), so no bundle was written; "
+                "this is a bug in edgekit's exporter, please report it.")
+    e = min(failed, key=lambda e: e["agreement"])
+    ties = f", {e['near_ties']} near-tie flip{'s' if e['near_ties'] != 1 else ''} excused" if e["near_ties"] else ""
+    fix = ("use static int8 with --calibration FILE (a few hundred texts like the task's), export fp32, or lower "
+           "--min-agreement if you accept that many changed predictions" if precision == "int8"
+           else "this is likely a bug in edgekit's exporter (please report it), or lower --min-agreement knowingly")
+    if generated:  # random token ids are not what the model will see: real texts are the fairer judge
+        fix = "check on real texts (--task with --data-dir, or --samples FILE), " + fix
+    return (f"the exported {precision} bundle changes the PyTorch model's predictions: exit {e['exit']}{more} predicts "
+            f"the same class on {e['raw_agreement']:.1%} of {inputs}{ties}, below the {precision} threshold "
+            f"{min_agreement:.1%}, so no bundle was written; {fix}.")
 
 
 def check_parity(classifier, predictor, ids: np.ndarray, mask: np.ndarray, precision: str, source: str,
-                 min_agreement: float = MIN_AGREEMENT) -> dict:
-    """Compare the bundle with the PyTorch model at each exit; raise ``UserError`` if any exit fails."""
+                 min_agreement: float | None = None, inputs: str | None = None) -> dict:
+    """Compare the bundle with the PyTorch model at each exit; raise ``UserError`` if any exit fails.
+
+    ``inputs`` says what the inputs were, a plural noun phrase (e.g. "texts of the tnews dev
+    split"); the manifest and the failure sentence carry it.
+    """
+    min_agreement = MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
+    inputs = inputs or ("sample texts" if source == "text" else "generated token sequences")
     exits = predictor.exits
     reference = reference_logits(classifier, ids, mask, max(exits))[[k - 1 for k in exits]]
     got = bundle_logits(predictor, ids, mask)
-    tol = TOLERANCES[precision]
-    per_exit, failures = [], []
-    for k, ref, out in zip(exits, reference, got):
-        scale = float(np.abs(ref).max())
-        diff = float(np.abs(ref - out).max())
-        a = decided_agreement(ref, out) if ref.shape[-1] > 1 else {"agreement": 1.0}
-        agree = a["agreement"]
-        bound = tol["atol"] + tol["rtol"] * scale
-        per_exit.append({"exit": k, **a, "max_abs_diff": diff, "max_abs_logit": scale})
-        if agree < min_agreement or not diff <= bound:
-            failures.append(f"exit {k}: argmax agreement {agree:.1%} (near-ties aside), max |Δlogit| {diff:.3g} (allowed: "
-                            f"{min_agreement:.0%} and {bound:.3g})")
-    if failures:
-        hint = (" try fp32, calibration texts (--calibration) or a lower --min-agreement" if precision == "int8"
-                else " this is likely a bug in the exporter; please report it")
-        raise UserError(f"the exported bundle does not reproduce the PyTorch model on {len(ids)} {source} inputs "
-                        f"({'; '.join(failures[:3])}); no bundle was written:{hint}.")
-    return {"samples": int(len(ids)), "source": source, "min_agreement": min_agreement, "tolerance": tol,
-            "agreement": min(e["agreement"] for e in per_exit), "max_abs_diff": max(e["max_abs_diff"] for e in per_exit),
+    per_exit = [{"exit": k, **judge_exit(ref, out, precision, min_agreement)} for k, ref, out in zip(exits, reference, got)]
+    if any(e["failed"] for e in per_exit):
+        raise UserError(failure_sentence(per_exit, precision, min_agreement, f"{len(ids)} {inputs}",
+                                         generated=source == "generated"))
+    for e in per_exit:
+        del e["failed"]
+    return {"samples": int(len(ids)), "source": source, "inputs": inputs, "min_agreement": min_agreement,
+            "near_tie_margin": NEAR_TIE_MARGIN, "tolerance": TOLERANCES[precision],
+            "agreement": min(e["agreement"] for e in per_exit),
+            "raw_agreement": min(e["raw_agreement"] for e in per_exit),
+            "near_ties": sum(e["near_ties"] for e in per_exit),
+            "max_abs_diff": max(e["max_abs_diff"] for e in per_exit),
+            "p99_abs_diff": max(e["p99_abs_diff"] for e in per_exit),
             "per_exit": per_exit}

@@ -57,9 +57,6 @@ def load_classifier(model_dir):
 
 def _check_max_length(max_length, config, tokenizer, fmt: str, num_special: int) -> int:
     limit = config.max_position_embeddings
-    if max_length is None:
-        model_max = getattr(tokenizer, "model_max_length", None) or limit
-        return min(limit, model_max, 128 if fmt == "tflite" else limit)
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise UserError(f"max_length must be an integer, got {max_length!r}.")
     if max_length > limit:
@@ -86,9 +83,23 @@ def _int8_scheme(int8, calibration_texts) -> str | None:
     return int8
 
 
+BUNDLE_KIND = "bundle"  # the marker kind of a bundle directory (edgekit_device.unpack writes the same)
+
+
+def _check_pack_path(path, overwrite: bool) -> None:
+    from edgekit_device import BundleError
+    from edgekit_device.pack import check_pack_path
+
+    try:
+        check_pack_path(path, overwrite)
+    except BundleError as e:
+        raise UserError(str(e)) from None
+
+
 def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False, exit_layer: int | None = None,
                  max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
-                 pack_codec: str = "xz", min_agreement: float | None = None) -> Path:
+                 pack_codec: str = "xz", min_agreement: float | None = None, sample_source: str | None = None,
+                 overwrite: bool = False) -> Path:
     """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
 
     Args:
@@ -97,13 +108,20 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
             ``calibration_texts`` are given), or ``"dynamic"`` / ``"static"`` explicitly.
         exit_layer: k for a ``fixed`` bundle computing exactly k layers; None (default) for the
             ``per-layer`` bundle that serves every exit, fixed or dynamic.
-        max_length: longest input in tokens, special tokens included (default: the model's
-            position embeddings for ONNX, 128 for TFLite, whose shapes are static).
-        sample_texts: texts the parity check runs (default: generated token sequences).
+        max_length: longest input in tokens, special tokens included (default: the length the
+            model was fine-tuned with, else 128, as every command; TFLite's shapes are static at it).
+        sample_texts: texts the parity check runs, the first ``parity.SAMPLES`` (256): the task's
+            dev texts where there is a task (default: the calibration texts, else generated token
+            sequences).
+        sample_source: what ``sample_texts`` are, a plural noun phrase for the manifest's
+            ``parity.inputs`` and the failure sentence (e.g. "texts of the tnews dev split").
         calibration_texts: texts for static int8 ranges.
         pack: also write ``packed_path(out)``, the small single-file download that
             ``edgekit_device.unpack`` restores bit-exactly.
-        min_agreement: argmax agreement every exit must reach (default 0.99).
+        min_agreement: argmax agreement every exit must reach (default: ``parity.MIN_AGREEMENT``
+            of the precision, 0.999 for fp32 and 0.98 for int8; near-ties aside).
+        overwrite: replace ``out`` (and its pack) if it is a bundle edgekit wrote earlier; a
+            directory or file edgekit did not write is never replaced (``edgekit.io.check_out``).
     """
     import edgekit_device
     from edgekit_device.pack import CODECS
@@ -113,18 +131,26 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
     from edgekit.export.device_tokenizer import device_tokenizer_spec
     from edgekit.export.graphs import export_copy
     from edgekit.export.onnx import write_onnx
-    from edgekit.export.parity import MIN_AGREEMENT, PROBE_TEXTS, SAMPLES, check_device_tokenizer, check_parity, sample_inputs
-    from edgekit.io import atomic_dir
+    from edgekit.export.parity import PROBE_TEXTS, SAMPLES, check_device_tokenizer, check_parity, sample_inputs
+    from edgekit.io import atomic_dir, check_out
 
+    check_out(out, BUNDLE_KIND, overwrite)  # before minutes of work, and again when writing
+    if pack:
+        _check_pack_path(packed_path(out), overwrite)
     if format not in FORMATS:
         raise UserError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
-    min_agreement = MIN_AGREEMENT if min_agreement is None else float(min_agreement)
-    if not 0.0 <= min_agreement <= 1.0:
+    if min_agreement is not None and (isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float))
+                                      or not 0.0 <= min_agreement <= 1.0):
         raise UserError(f"min_agreement must be between 0 and 1, got {min_agreement!r}.")
     if pack_codec not in CODECS:
         raise UserError(f"pack codec must be one of {', '.join(CODECS)}, got {pack_codec!r}.")
     calibration_texts = [t for t in (calibration_texts or []) if t and t.strip()]
     scheme = _int8_scheme(int8, calibration_texts)
+    from edgekit.checkpoint import check_model_dir, default_max_length
+
+    model_dir = check_model_dir(model_dir)  # a run directory names the model it wrote
+    if max_length is None:  # the length every command defaults to: the one the model was fine-tuned with
+        max_length = default_max_length(model_dir)
     classifier, tokenizer, labels = load_classifier(model_dir)
     config = classifier.model.config
     depth = classifier.depth
@@ -140,7 +166,14 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
     spec = device_tokenizer_spec(tokenizer)
     device_tokenizer = edgekit_device.Tokenizer(spec)
     max_length = _check_max_length(max_length, config, tokenizer, format, device_tokenizer.num_special)
-    sample_texts = [t for t in (sample_texts or calibration_texts or []) if t and t.strip()][:SAMPLES]
+    given = [t for t in (sample_texts or []) if t and t.strip()]
+    if given:
+        inputs = sample_source or "sample texts"
+    else:
+        given, inputs = calibration_texts, "calibration texts"
+    sample_texts = given[:SAMPLES]
+    if not sample_texts:
+        inputs = "generated token sequences"
     tokenizer_check = check_device_tokenizer(tokenizer, device_tokenizer, sample_texts + PROBE_TEXTS, max_length)
     ids, mask, source = sample_inputs(device_tokenizer, sample_texts, max_length, config.vocab_size,
                                       tokenizer.all_special_ids)
@@ -152,7 +185,7 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
     model = export_copy(classifier)
     out = Path(out)
     default_exit = exit_layer or depth
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, BUNDLE_KIND, overwrite) as tmp:
         if format == "onnx":
             graphs, quantization = write_onnx(model, tmp, layout, default_exit, max_length, scheme, calibration)
         else:
@@ -179,8 +212,9 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         }
         manifest = write_manifest(tmp, manifest)
         predictor = edgekit_device.Predictor(edgekit_device.load_bundle(tmp), threads=2)
-        manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source, min_agreement)
+        manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source, min_agreement,
+                                          inputs)
         write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", "sizes")})
     if pack:
-        edgekit_device.pack(out, packed_path(out), codec=pack_codec)
+        edgekit_device.pack(out, packed_path(out), codec=pack_codec, overwrite=overwrite)
     return out

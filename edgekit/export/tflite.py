@@ -43,7 +43,7 @@ from torch import nn
 from edgekit.albert import check_layer
 from edgekit.early_exit import EarlyExitClassifier
 from edgekit.errors import UserError
-from edgekit.export.graphs import GRAPH_INPUTS, LAYOUTS, GraphStyle, build_graphs, calibration_feeds, export_copy
+from edgekit.export.graphs import LAYOUTS, GraphStyle, build_graphs, calibration_feeds, export_copy, graph_inputs
 
 __all__ = [
     "INT8_SCHEMES",
@@ -213,8 +213,9 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files, described = [], {}
+    inputs = graph_inputs(classifier.pooling)
     for name, module in graphs.items():
-        data = _convert(module, {k: samples[k] for k in GRAPH_INPUTS[name]})
+        data = _convert(module, {k: samples[k] for k in inputs[name]})
         if int8 is not None:
             data = quantize_tflite(data, int8, {SIGNATURE: calibration[name]} if int8 == "full" else None)
         path = out_dir / f"{name}.tflite"
@@ -233,6 +234,7 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
         "batch_size": batch_size,
         "int8": int8,
         "mask_value": style.mask_value,
+        "pooling": classifier.pooling,
         "num_labels": config.num_labels,
         "hidden_size": config.hidden_size,
         "graphs": described,
@@ -465,5 +467,8 @@ def tflite_logits(export: TFLiteExport, input_ids: np.ndarray, attention_mask: n
         for layer in range(1, wanted[-1] + 1):
             hidden = graphs["layer"].run({"hidden": hidden, "attention_mask": feeds["attention_mask"]})["hidden"]
             if layer in out:
-                out[layer].append(graphs["head"].run({"hidden": hidden})["logits"])
+                head_feeds = {"hidden": hidden}
+                if meta.get("pooling") == "mean":
+                    head_feeds["attention_mask"] = feeds["attention_mask"]
+                out[layer].append(graphs["head"].run(head_feeds)["logits"])
     return {k: np.concatenate(v) for k, v in out.items()}

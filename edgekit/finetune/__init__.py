@@ -6,7 +6,7 @@ The entry point is ``finetune(cfg, out)`` (``edgekit.finetune.stage``); its reci
 Python API::
 
     from edgekit.finetune import load_finetune_config, finetune
-    cfg = load_finetune_config(None, {"model": "runs/prune/student", "task": {"name": "tnews", "data_dir": "data/tnews"}})
+    cfg = load_finetune_config(None, {"model": "runs/prune", "task": {"name": "tnews", "data_dir": "data/tnews"}})
     result = finetune(cfg, out="runs/finetune")
 """
 

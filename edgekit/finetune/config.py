@@ -16,6 +16,8 @@ class TaskSection:
     text_field: str | None = None
     text_pair_field: str | None = None
     label_field: str | None = None
+    test_file: str | None = None       # a labelled test split (file stem or path); sentiment has one built in
+    provenance: str | None = None      # a file describing the data (default: PROVENANCE.md in data_dir)
     max_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
@@ -27,6 +29,7 @@ class FinetuneSection:
     eval_every: int = 200
     freeze_embeddings: bool = False  # keep the token embedding table fixed (large-vocabulary teachers: faster)
     keep_sparsity: bool = True       # a pruned model keeps its zeros (gradients masked, weights re-zeroed)
+    pooling: str = "auto"            # the head reads [CLS] (cls) or the token mean (mean); auto: the checkpoint's own
 
 
 @dataclass

@@ -22,6 +22,7 @@ from edgekit.config import to_dict
 from edgekit.data import ResumableBatches, TokenizedCorpus
 from edgekit.errors import UserError
 from edgekit.finetune.config import FinetuneConfig
+from edgekit.finetune.pooling import resolve_pooling
 from edgekit.io import RunDir, check_run_dir, read_json
 from edgekit.tasks import Task, load_task
 from edgekit.train import Trainer, init_distributed
@@ -102,9 +103,14 @@ class EvalCallback:
         self.best, self.best_step, self.history = state["best"], state["best_step"], state["history"]
 
 
-def build_classifier(model_dir, task: Task):
-    """An early-exit classifier for ALBERT students, ``AutoModelForSequenceClassification`` otherwise."""
+def build_classifier(model_dir, task: Task, pooling: str = "auto"):
+    """An early-exit classifier for ALBERT students, ``AutoModelForSequenceClassification`` otherwise,
+    its head pooling by ``pooling`` (``cls``, ``mean`` or ``auto``: ``edgekit.finetune.pooling``)."""
     from transformers import AutoModelForSequenceClassification
+
+    from edgekit.finetune.pooling import with_pooling
+
+    pooling = resolve_pooling(pooling, model_dir)
 
     config = load_config_of(model_dir)
     id2label = {i: name for i, name in enumerate(task.labels)}
@@ -119,9 +125,9 @@ def build_classifier(model_dir, task: Task):
         else:
             clf = EarlyExitClassifier.from_student(load_student(model_dir), task.num_labels)
         clf.model.config.id2label, clf.model.config.label2id = id2label, label2id
-        return clf
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=task.num_labels,
-                                                              id2label=id2label, label2id=label2id)
+        return with_pooling(clf, pooling)
+    return with_pooling(AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=task.num_labels, id2label=id2label, label2id=label2id), pooling)
 
 
 def freeze_word_embeddings(model: nn.Module) -> int:
@@ -137,7 +143,7 @@ def freeze_word_embeddings(model: nn.Module) -> int:
 
 
 def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: int | None = None,
-             command: str | None = None) -> dict:
+             command: str | None = None, overwrite: bool = False) -> dict:
     """Fine-tune ``cfg.model`` on ``cfg.task``; the best model is written to ``OUT/model``."""
     out = Path(out)
     if cfg.model is None:
@@ -146,15 +152,15 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     if cfg.finetune.eval_every < 1:
         raise UserError(f"finetune.eval_every must be at least 1, got {cfg.finetune.eval_every}.")
     model_dir = check_model_dir(cfg.model)
-    if (out / "model" / "config.json").exists() and not resume:
-        raise UserError(f"'{out}' already holds a fine-tuned model; choose another --out or delete it.")
-    check_run_dir(out, resume)
+    check_run_dir(out, resume, overwrite, "finetune-run")
     t = cfg.task
-    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field)
+    # never the test split: the best checkpoint is chosen on dev, and test stays unseen until eval
+    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field, provenance=t.provenance)
     dist = init_distributed()
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(model_dir)
-    clf = build_classifier(model_dir, task)
+    pooling = resolve_pooling(cfg.finetune.pooling, model_dir)
+    clf = build_classifier(model_dir, task, pooling)
     early = cfg.finetune.early_exit and hasattr(clf, "predict_dynamic")
     if cfg.finetune.freeze_embeddings:
         freeze_word_embeddings(clf)
@@ -166,12 +172,12 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
     train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
     batches = ResumableBatches(len(train_data), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)
-    run = RunDir(out, command=command or " ".join(sys.argv))
+    run = RunDir(out, command=command or " ".join(sys.argv), kind="finetune-run")
     run.write_config(to_dict(cfg))
     source_meta = read_meta(model_dir)
     meta = {**source_meta, "kind": "classifier", "stage": "finetune", "task": task.name, "labels": task.labels,
             "label_descriptions": task.descriptions, "finetuned_from": str(Path(model_dir).resolve()),
-            "early_exit": early, "max_length": t.max_length}
+            "early_exit": early, "max_length": t.max_length, "pooling": pooling}
     extra = {}
     if (Path(model_dir) / "vocab_map.json").exists():
         extra["vocab_map.json"] = read_json(Path(model_dir) / "vocab_map.json")
@@ -202,13 +208,14 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     best_dir = out / "best"
     from edgekit.io import atomic_dir
 
-    with atomic_dir(out / "model") as tmp:
+    with atomic_dir(out / "model", overwrite=True) as tmp:  # this run's own model (a kill may have left it)
         shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
     best = max(evaluator.history, key=lambda r: r["accuracy"])
     results = {
         "stage": "finetune", "task": task.name, "task_note": task.note, "labels": task.num_labels,
         "train_examples": len(train_data), "dev_examples": len(dev_data), "steps": trainer.step,
-        "early_exit": early, "sparsity_kept": meta.get("sparsity_kept"), "best_step": evaluator.best_step,
+        "early_exit": early, "pooling": pooling, "sparsity_kept": meta.get("sparsity_kept"),
+        "best_step": evaluator.best_step,
         "dev_accuracy": best["accuracy"],
         "dev_accuracy_per_exit": best["accuracy_per_exit"], "history": evaluator.history,
         "seconds": round(time.perf_counter() - start, 1), "model_dir": str(out / "model"),

@@ -26,6 +26,8 @@ class TaskEntry:
     text_field: str | None = None
     text_pair_field: str | None = None
     label_field: str | None = None
+    test_file: str | None = None       # a labelled test split: the eval rows report it instead of dev
+    provenance: str | None = None      # a file describing the data (default: PROVENANCE.md in data_dir)
     max_length: int | None = None
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
@@ -53,16 +55,17 @@ class ExportSection:
     pack: bool = True
     pack_codec: Literal["xz", "zlib"] = "xz"
     calibration_examples: int = 256    # train texts used for static int8 ranges
-    parity_examples: int = 64          # dev texts the export's parity check runs
-    min_agreement: float | None = None # argmax agreement with PyTorch every exit must reach (default 0.99);
-                                       # barely trained heads (smoke runs) have near-tied logits that flip
+    parity_examples: int = 256         # dev texts the export's parity check runs (the gate counts changed predictions)
+    min_agreement: float | None = None # share of those texts on which every exit must predict PyTorch's class
+                                       # (default: 0.999 fp32, 0.98 int8; export/parity.py says why)
 
 
 @dataclass
 class EvalSection:
     batch_size: int = 32
-    max_examples: int | None = None    # default: the whole dev split (finetune's max_eval_examples only
-                                       # limits the evaluations that pick the best checkpoint)
+    max_examples: int | None = None    # default: the whole split evaluated (test if the task has one, else dev;
+                                       # finetune's max_eval_examples only limits the dev evaluations that
+                                       # pick the best checkpoint)
     threads: int | None = None
 
 
@@ -98,6 +101,11 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
     names = [t.name for t in cfg.pipeline.tasks]
     if len(set(names)) != len(names):
         raise UserError(f"pipeline.tasks names a task twice ({', '.join(names)}); list each task once.")
+    # Checked here, not at export: a bad gate setting should not surface after hours of training.
+    if cfg.export.min_agreement is not None and not 0.0 <= cfg.export.min_agreement <= 1.0:
+        raise UserError(f"export.min_agreement must be between 0 and 1, got {cfg.export.min_agreement!r}.")
+    if cfg.export.parity_examples < 1:
+        raise UserError(f"export.parity_examples must be at least 1, got {cfg.export.parity_examples!r}.")
     return cfg
 
 

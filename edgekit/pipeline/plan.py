@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Literal
 
 from edgekit.config import load_config, merge, stage_section, to_dict
 from edgekit.errors import UserError
-from edgekit.io import read_json, write_json
+from edgekit.io import mark_dir, read_json, remove_own, write_json
 from edgekit.pipeline.config import PipelineConfig, TaskEntry, task_config
 
 STAGE_FILE = "stage.json"
@@ -64,7 +63,7 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
     stages.append(Stage("distill", "distill", out / "distill", {"teacher": teacher_spec, **to_dict(distill_cfg)},
                         describe=f"MiniLM relation distillation of {teacher_spec}",
                         job={"cfg": distill_cfg, "teacher": teacher_spec}))
-    dense = out / "distill" / "student"
+    dense = out / "distill" / "model"
     shipped, shipped_stage = dense, "distill"
     if cfg.pipeline.prune:
         prune_section = merge(stage_section({"pipeline": to_dict(cfg.pipeline), "prune": cfg.prune}, "prune"),
@@ -75,7 +74,7 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
         stages.append(Stage("prune", "prune", out / "prune", {"teacher": teacher_spec, **to_dict(prune_cfg)},
                             ["distill"], f"gradual magnitude pruning to {prune_cfg.prune.sparsity:.0%}",
                             {"cfg": prune_cfg, "teacher": teacher_spec}))
-        shipped, shipped_stage = out / "prune" / "student", "prune"
+        shipped, shipped_stage = out / "prune" / "model", "prune"
     refs = list(dict.fromkeys(cfg.pipeline.references))
     if "baseline" in refs:
         stages.append(Stage("baseline", "baseline", out / "baseline", to_dict(distill_cfg.student), ["distill"],
@@ -92,21 +91,24 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
     for entry in cfg.pipeline.tasks:
         t = entry.name
         task = task_config(cfg, entry, "-").task  # the task's data must load before hours of distillation
-        load_task(task.name, task.data_dir, task.text_field, task.text_pair_field, task.label_field)
+        loaded = load_task(task.name, task.data_dir, task.text_field, task.text_pair_field, task.label_field,
+                           test_file=task.test_file, provenance=task.provenance)
+        # a task with a test split reports it: dev already chose the best checkpoint
+        split = "test" if loaded.test is not None else "dev"
         stages.append(finetune_stage(f"finetune/{t}", shipped, None, [shipped_stage], entry,
                                      f"fine-tune the {'pruned' if cfg.pipeline.prune else 'distilled'} student"))
         if "dense" in refs and cfg.pipeline.prune:
             stages.append(finetune_stage(f"reference/dense/{t}", dense, "dense", ["distill"], entry,
                                          "fine-tune the dense distilled student (reference)"))
         if "baseline" in refs:
-            stages.append(finetune_stage(f"reference/baseline/{t}", out / "baseline" / "student", "baseline",
+            stages.append(finetune_stage(f"reference/baseline/{t}", out / "baseline" / "model", "baseline",
                                          ["baseline"], entry, "fine-tune the undistilled student (reference)"))
         if "teacher" in refs:
             stages.append(finetune_stage(f"reference/teacher/{t}", teacher_spec, "teacher", [], entry,
                                          "fine-tune the teacher (upper reference)"))
         stages.append(_export_stage(cfg, out, entry))
         for row, source in rows(cfg, entry):
-            stages.append(_eval_stage(cfg, out, entry, row, source))
+            stages.append(_eval_stage(cfg, out, entry, row, source, split))
     return stages
 
 
@@ -137,7 +139,7 @@ def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry) -> Stage:
                  {"task": ft.task, "model_dir": model_dir, "export": e, "int8": int8, "max_length": max_length})
 
 
-def _eval_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, row: str, source: str) -> Stage:
+def _eval_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, row: str, source: str, split: str = "dev") -> Stage:
     e = cfg.eval
     ft = task_config(cfg, entry, "-")
     path = out / source / ("bundle" if source.startswith("export/") else "model")
@@ -145,9 +147,10 @@ def _eval_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, row: str, sour
     if row == "bundle":
         x = cfg.export
         name = f"bundle: {x.format} {'fp32' if x.int8 == 'none' else 'int8'}"
-    return Stage(f"eval/{row}/{entry.name}", "eval", out / "eval" / row / entry.name, {"eval": to_dict(e), "row": row},
-                 [source], f"accuracy of {name} on {entry.name} dev",
-                 {"task": ft.task, "path": path, "row": row, "name": name, "eval": e})
+    return Stage(f"eval/{row}/{entry.name}", "eval", out / "eval" / row / entry.name,
+                 {"eval": to_dict(e), "row": row, "split": split},
+                 [source], f"accuracy of {name} on {entry.name} {split}",
+                 {"task": ft.task, "path": path, "row": row, "name": name, "eval": e, "split": split})
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ def decide(stage: Stage, fingerprint: str, force: bool) -> str:
     if not force:
         raise UserError(f"stage '{stage.name}' in '{stage.directory}' cannot be reused: {reason}; pass --force to "
                         f"redo it (and what depends on it), or choose another --out.")
-    shutil.rmtree(stage.directory)
+    remove_own(stage.directory)  # refuses, deleting nothing, if it holds a file edgekit did not write
     return "new"
 
 
@@ -204,7 +207,7 @@ def finished_marker(stage: Stage) -> dict:
 
 
 def mark_started(stage: Stage, fingerprint: str) -> None:
-    stage.directory.mkdir(parents=True, exist_ok=True)
+    mark_dir(stage.directory, f"{stage.kind}-run")
     write_json(stage.directory / STARTED_FILE, {"fingerprint": fingerprint, "config": stage.config})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.io import read_json, write_json
+from edgekit.io import claim, read_json, write_json
 from edgekit.pipeline.config import PipelineConfig
 
 ROW_ORDER = ["teacher", "baseline", "dense", "pruned", "bundle"]
@@ -16,20 +16,23 @@ def write_report(cfg: PipelineConfig, out: Path, log: list[dict], seconds: float
 
     files = sorted(out.glob("eval/*/*/eval.json"), key=lambda f: (ROW_ORDER.index(f.parent.parent.name)
                                                                  if f.parent.parent.name in ROW_ORDER else 9, f))
-    summary = compare(files, out / "compare")
+    summary = compare(files, out / "compare", overwrite=True)  # the run's own table, redone each time
     tasks = [t.name for t in cfg.pipeline.tasks]
-    acc = {}
+    acc, splits = {}, {}
     for f in files:
         r = read_json(f)
         acc.setdefault(r["row"], {})[r["task"]] = r["accuracy"]
+        splits[r["task"]] = r.get("split", "dev")
     ratios = _ratios(acc, tasks)
     bundles = {t: read_json(out / "export" / t / "results.json") for t in tasks}
     report = {"run_dir": str(out), "teacher": cfg.pipeline.teacher, "tasks": tasks,
-              "stages": log, "seconds_this_run": seconds, "accuracy": acc, "ratios": ratios,
-              "bundles": {t: {k: b[k] for k in ("bundle", "packed", "packed_bytes", "format", "precision",
-                                                  "layout", "sizes")} for t, b in bundles.items()},
+              "stages": log, "seconds_this_run": seconds, "accuracy": acc, "splits": splits, "ratios": ratios,
+              "bundles": {t: {"checkpoint": _checkpoint(out, t),
+                              **{k: b[k] for k in ("bundle", "packed", "packed_bytes", "format", "precision",
+                                                   "layout", "sizes")}} for t, b in bundles.items()},
               "table": summary["markdown"]}
     write_json(out / "report.json", report)
+    claim(out / "report.md")
     (out / "report.md").write_text(_report_markdown(report), encoding="utf-8")
     return report
 
@@ -49,9 +52,26 @@ def _ratios(acc: dict, tasks: list[str]) -> dict:
     return out
 
 
+def _checkpoint(out: Path, task: str) -> str:
+    """The fine-tuned checkpoint of ``task`` (what the bundle was exported from, and what
+    `edgekit predict`, `eval` and `quantize` take), as its fine-tune stage recorded it."""
+    from edgekit.checkpoint import resolve_model_dir
+
+    return str(resolve_model_dir(out / "finetune" / task))
+
+
+def _split_words(splits: dict) -> str:
+    """Which split the accuracies are on: 'test', or per task when tasks differ ('tnews: dev, sentiment: test')."""
+    names = set(splits.values())
+    if len(names) <= 1:
+        return next(iter(names), "dev")
+    return ", ".join(f"{t}: {s}" for t, s in splits.items())
+
+
 def _report_markdown(report: dict) -> str:
     lines = [f"# edgekit run: {report['run_dir']}", "", f"Teacher: `{report['teacher']}`; tasks: "
-             f"{', '.join(report['tasks'])}.", "", "## Accuracy (dev) and size", "", report["table"], ""]
+             f"{', '.join(report['tasks'])}.", "", f"## Accuracy ({_split_words(report['splits'])}) and size", "",
+             report["table"], ""]
     if report["ratios"]:
         lines += ["## Ratios", "", "| ratio | " + " | ".join(report["tasks"]) + " |",
                   "|---|" + "---|" * len(report["tasks"])]
@@ -59,11 +79,12 @@ def _report_markdown(report: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(f"{values[t]:.3f}" if t in values else "" for t in report["tasks"])
                          + " |")
         lines.append("")
-    lines += ["## Bundles for the phone app", ""]
+    lines += ["## Models", "", "The fine-tuned checkpoint of each task (PyTorch) and the bundle exported from it "
+              "for the phone app.", ""]
     for t, b in report["bundles"].items():
         packed = f"; packed download `{b['packed']}` ({b['packed_bytes']:,} bytes)" if b.get("packed") else ""
-        lines.append(f"- {t}: `{b['bundle']}` ({b['format']} {b['precision']} {b['layout']}, "
-                     f"{b['sizes']['dense_bytes']:,} bytes{packed})")
+        lines.append(f"- {t}: checkpoint `{b['checkpoint']}`; bundle `{b['bundle']}` ({b['format']} {b['precision']} "
+                     f"{b['layout']}, {b['sizes']['dense_bytes']:,} bytes{packed})")
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds'] if s['seconds'] is not None else ''} |"
               for s in report["stages"]]

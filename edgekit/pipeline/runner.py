@@ -9,10 +9,13 @@ from typing import Callable
 
 from edgekit.config import to_dict
 from edgekit.errors import UserError
-from edgekit.io import RunDir, read_json, write_json
+from edgekit.io import RunDir, check_run_dir, read_json, remove_stale_temporaries, write_json
 from edgekit.pipeline.config import PipelineConfig
 from edgekit.pipeline.plan import Stage, decide, finished_marker, fingerprint, mark_finished, mark_started, plan
 from edgekit.pipeline.report import write_report
+
+
+PIPELINE_KIND = "pipeline-run"
 
 
 def run_pipeline(cfg: PipelineConfig, out=None, force: bool = False, command: str | None = None,
@@ -23,9 +26,11 @@ def run_pipeline(cfg: PipelineConfig, out=None, force: bool = False, command: st
         raise UserError("no run directory given; pass --out RUN or set pipeline.out in the recipe.")
     out = Path(out)
     command = command or " ".join(sys.argv)
+    check_run_dir(out, resume=True, kind=PIPELINE_KIND)  # re-running continues; anything else is refused
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(cfg, out)
-    run = RunDir(out, command)
+    run = RunDir(out, command, kind=PIPELINE_KIND)
+    remove_stale_temporaries(out)  # of writes a kill cut short (the report, results.json)
     run.write_config(to_dict(cfg))
     started = time.perf_counter()
     finished: dict[str, dict] = {}
@@ -41,6 +46,8 @@ def run_pipeline(cfg: PipelineConfig, out=None, force: bool = False, command: st
             echo(f"{head}: finished earlier, skipped")
             continue
         echo(f"{head}: {stage.describe} -> {stage.directory}" + ("  (resuming)" if state == "resume" else ""))
+        if state == "resume":
+            remove_stale_temporaries(stage.directory)  # e.g. a bundle the kill cut short
         mark_started(stage, fp)
         t0 = time.perf_counter()
         result = ENTRY_POINTS[stage.kind](stage, state == "resume", command)
@@ -89,12 +96,12 @@ def _baseline(stage: Stage, resume: bool, command: str) -> dict:
     student = build_student(distill_cfg.student, len(vocab_map["teacher_ids"]), pad_token_id=tok.pad_token_id or 0,
                             seed=distill_cfg.train.seed, **specials)
     RunDir(directory, command).write_config({"student": to_dict(distill_cfg.student)})
-    save_model_dir(student, directory / "student", tok,
+    save_model_dir(student, directory / "model", tok,
                    {"kind": "student", "stage": "init", "student": meta.get("student"), "vocab": meta.get("vocab"),
                     "note": "random initialisation, no distillation (reference)"},
                    extra_json={"vocab_map.json": vocab_map})
     params, nonzero = count_parameters(student)
-    results = {"stage": "baseline", "student_dir": str(directory / "student"), "parameters": params}
+    results = {"stage": "baseline", "model_dir": str(directory / "model"), "parameters": params}
     write_json(directory / "results.json", results)
     return results
 
@@ -121,7 +128,7 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
     export_model(model_dir, directory / "bundle", format=e.format, int8=int8, exit_layer=e.exit_layer,
                  max_length=job["max_length"], sample_texts=task.dev.texts[:e.parity_examples],
                  calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
-                 min_agreement=e.min_agreement)
+                 min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split")
     manifest = read_json(directory / "bundle" / "manifest.json")
     packed = packed_path(directory / "bundle")
     results = {"stage": "export", "bundle": str(directory / "bundle"),
@@ -141,9 +148,9 @@ def _eval(stage: Stage, resume: bool, command: str) -> dict:
 
     job, directory = stage.job, stage.directory
     e, t, row = job["eval"], job["task"], job["row"]
-    result = evaluate(job["path"], t.name, t.data_dir, "dev", t.text_field, t.text_pair_field, t.label_field,
-                      e.batch_size, e.max_examples, max_length=None if row == "bundle" else t.max_length,
-                      threads=e.threads)
+    result = evaluate(job["path"], t.name, t.data_dir, job.get("split", "dev"), t.text_field, t.text_pair_field,
+                      t.label_field, e.batch_size, e.max_examples, max_length=None if row == "bundle" else t.max_length,
+                      threads=e.threads, test_file=t.test_file, provenance=t.provenance)
     result["name"] = job["name"]
     result["row"] = row
     write_json(directory / "eval.json", result)

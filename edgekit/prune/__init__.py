@@ -8,7 +8,7 @@ for the loop and why this is not built on ``torch.ao.pruning``.
 Python API::
 
     from edgekit.prune import load_prune_config, prune
-    cfg = load_prune_config(None, {"model": "runs/distill/student", "prune": {"sparsity": 0.8}})
+    cfg = load_prune_config(None, {"model": "runs/distill", "prune": {"sparsity": 0.8}})
     prune(cfg, out="runs/prune")
 """
 

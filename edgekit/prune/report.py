@@ -79,6 +79,9 @@ def _save_plot(x: Sequence[float], y: Sequence[float], path_png: str | Path, yla
     fig.tight_layout()
     path = Path(path_png)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from edgekit.io import claim
+
+    claim(path)  # a file of the run directory it is drawn into (what --overwrite may replace)
     fig.savefig(path)
     return path
 

@@ -43,8 +43,13 @@ class PruningCallback:
                               self.s.frequency)
 
     def start(self, step: int) -> None:
-        if self.pruner.sparsity is None and self.target(step) > 0:
-            self.pruner.update_masks(self.target(step))
+        """Bring the masks to the schedule's target at ``step`` before training (re)starts.
+
+        A fresh pruner is prepared at sparsity 0, so ``initial_sparsity > 0`` applies here, before
+        the first step; a resumed one already holds its target and is left as it is."""
+        target = self.target(step)
+        if target != (self.pruner.sparsity or 0.0):
+            self.pruner.update_masks(target)
 
     def before_optimizer_step(self, step: int) -> None:
         if self.pruner.sparsity is not None:
@@ -104,8 +109,8 @@ def fixed_mask_callback(model, exclude=(r"pooler", r"classifier")) -> FixedMaskC
 
 
 def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | None = None,
-          command: str | None = None) -> dict:
-    """Prune ``cfg.model`` to ``cfg.prune.sparsity``; the pruned student is written to ``OUT/student``."""
+          command: str | None = None, overwrite: bool = False) -> dict:
+    """Prune ``cfg.model`` to ``cfg.prune.sparsity``; the pruned student is written to ``OUT/model``."""
     out = Path(out)
     if cfg.model is None:
         raise UserError("no model given; pass --model STUDENT_DIR (a student written by `edgekit distill`).")
@@ -113,7 +118,7 @@ def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | No
     end_step = validate_prune_config(cfg)
     student_dir = check_model_dir(cfg.model, role="model")
     meta = read_meta(student_dir)
-    check_run_dir(out, resume)
+    check_run_dir(out, resume, overwrite, "prune-run")
     dist = init_distributed()
     torch.manual_seed(cfg.train.seed)
 
@@ -153,7 +158,7 @@ def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | No
     distiller = RelationDistiller(teacher, student, teacher_layer, layers, cfg.distill.method,
                                   cfg.distill.relation_heads or meta.get("relation_heads"))
     callback = PruningCallback(pruner, cfg.prune, end_step)
-    run = RunDir(out, command=command or " ".join(sys.argv))
+    run = RunDir(out, command=command or " ".join(sys.argv), kind="prune-run")
     if dist.is_main:
         run.write_config(to_dict(cfg))
     new_meta = {**meta, "stage": "prune", "pruned_from": str(Path(student_dir).resolve()),
@@ -188,14 +193,14 @@ def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | No
         "early_exit": cfg.early_exit.enabled,
         "final_metrics": outcome["last"],
         "seconds": round(time.perf_counter() - start, 1),
-        "student_dir": str(out / "student"),
+        "model_dir": str(out / "model"),
         "parameters": params,
         "nonzero_parameters": nonzero,
         "totals": report["totals"],
     }
     if dist.is_main:
-        save_model_dir(student, out / "student", student_tok, {**new_meta, "step": trainer.step,
-                                                               "sparsity": report["totals"]["sparsity"]},
+        save_model_dir(student, out / "model", student_tok, {**new_meta, "step": trainer.step,
+                                                             "sparsity": report["totals"]["sparsity"]},
                        extra_json={"vocab_map.json": {"teacher_ids": kept}})
         write_json(out / "sparsity.json", report)
         steps = list(range(0, cfg.train.max_steps + 1))

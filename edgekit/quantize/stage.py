@@ -7,6 +7,8 @@ the program with its report; ``load_quantized`` reads it back.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,8 +53,8 @@ def builtin_eval_fn(reference: np.ndarray, batches, labels: np.ndarray | None = 
 def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_texts: Sequence[str] | None = None,
                      eval_fn: Callable[[nn.Module], float] | str | None = None, eval_texts: Sequence[str] | None = None,
                      eval_labels: Sequence[int] | None = None, exit_layer: int | None = None,
-                     max_length: int = 128, tolerable_loss: float = 0.01,
-                     max_trials: int = 8) -> dict:
+                     max_length: int | None = None, tolerable_loss: float = 0.01,
+                     max_trials: int = 8, overwrite: bool = False) -> dict:
     """Quantize the classifier in ``model_dir`` with INC and write it to ``out_dir``.
 
     Args:
@@ -65,16 +67,21 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
         eval_texts, eval_labels: the evaluation set of the report (default: the calibration
             texts): argmax agreement, logit errors and, with labels, accuracy of int8 vs fp32.
         exit_layer: the exit the quantized module computes (default: the last layer).
-        max_length: the static sequence length of the int8 module (its batch size is free).
+        max_length: the static sequence length of the int8 module (its batch size is free); default:
+            the length the model was fine-tuned with, else 128.
+        overwrite: replace ``out_dir`` if it is an int8 model edgekit wrote earlier (a directory
+            edgekit did not write is never replaced).
 
     Writes ``quantized_model.pt2`` (a ``torch.export`` program; ``load_quantized`` reads it),
     INC's configuration ``qconfig.json``, the tokenizer, ``config.json``, ``edgekit.json`` and ``quantize.json``
     (the report, also returned).
     """
-    from edgekit.checkpoint import check_model_dir, load_tokenizer, read_meta
+    from edgekit.checkpoint import check_model_dir, default_max_length, load_config_of, load_tokenizer, read_meta
     from edgekit.early_exit import EarlyExitClassifier
-    from edgekit.io import atomic_dir, versions, write_json
+    from edgekit.io import atomic_dir, check_out, versions, write_json
     from edgekit.quantize.checks import agreement, pruned_masks, zeros_kept
+
+    check_out(out_dir, "int8-model", overwrite)  # before the work, and again when writing
 
     if approach not in APPROACHES:
         raise UserError(f"approach must be one of {', '.join(APPROACHES)}, got {approach!r}.")
@@ -84,6 +91,9 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
     if eval_labels is not None and eval_texts is None:
         raise UserError("eval_labels need the eval_texts they label.")
     model_dir = check_model_dir(model_dir)
+    if "AlbertForSequenceClassification" not in (getattr(load_config_of(model_dir), "architectures", None) or []):
+        raise UserError(f"'{model_dir}' is not a fine-tuned classifier; run `edgekit finetune` on it first.")
+    max_length = max_length or default_max_length(model_dir)
     tokenizer = load_tokenizer(model_dir)
     classifier = EarlyExitClassifier.from_pretrained(model_dir).eval()
     if exit_layer is not None:
@@ -129,7 +139,7 @@ def quantize_pytorch(model_dir, out_dir, approach: str = "dynamic", calibration_
         "versions": versions(),
     }
     example = tuple(calibration[0])
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "int8-model", overwrite) as tmp:
         # What INC's PT2E save does, under a .pt2 name torch.export.load accepts without a warning
         # (neural_compressor.torch.quantization.save(model, dir) passes dir as the example inputs).
         program = torch.export.export(quantized, example, dynamic_shapes=batch_dim())
@@ -149,4 +159,27 @@ def load_quantized(path) -> nn.Module:
     file = Path(path) / QUANTIZED_FILE
     if not file.is_file():
         raise UserError(f"'{path}' has no {QUANTIZED_FILE}; pass a directory written by quantize_pytorch.")
-    return torch.export.load(str(file)).module()
+    # torch.export.load retries a failed weights-only load of the program's constants as a full
+    # unpickling, which would run code from the file: forbid that retry.
+    with _weights_only_loads():
+        try:
+            program = torch.export.load(str(file))
+        except Exception as e:  # noqa: BLE001 (whatever the file holds, the answer is one sentence)
+            raise UserError(f"'{file}' is not an int8 program this edgekit reads ({type(e).__name__}); quantize the "
+                            "model again with `edgekit quantize`.") from None
+    return program.module()
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Every ``torch.load`` in the block loads tensors and plain data only, even where a library
+    asks for a full unpickling (torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``)."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous

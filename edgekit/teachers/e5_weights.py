@@ -311,4 +311,7 @@ def bert_config(b: E5Bin):
         bos_token_id=b.bos,
         eos_token_id=b.eos,
         architectures=["BertModel"],
+        # e5 was trained with the masked token mean, and the file has no pooler (written as zeros):
+        # a classifier fine-tuned from it pools the same way (edgekit.finetune.pooling, "auto").
+        classifier_pooling="mean",
     )

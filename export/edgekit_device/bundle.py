@@ -19,6 +19,10 @@ MANIFEST = "manifest.json"
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")
 LAYOUTS = {"fixed": ("model",), "per-layer": ("embed", "layer", "head")}
+# How the head reads the last computed layer: [CLS] through the pooler, or the masked token mean
+# (the head graph then takes the attention mask too). Bundles without model.pooling are cls.
+POOLINGS = ("cls", "mean")
+HEAD_INPUTS = {"cls": ("hidden",), "mean": ("hidden", "attention_mask")}
 _REQUIRED = ("format_version", "format", "precision", "layout", "graphs", "max_length", "exits", "model",
              "tokenizer", "labels", "files")
 
@@ -51,6 +55,11 @@ class Bundle:
     @property
     def max_length(self) -> int:
         return int(self.manifest["max_length"])
+
+    @property
+    def pooling(self) -> str:
+        """``cls`` or ``mean`` (manifest ``model.pooling``); a ``mean`` head is fed the attention mask."""
+        return self.manifest["model"].get("pooling", "cls")
 
     def graph_file(self, name: str) -> Path:
         return self.path / self.manifest["graphs"][name]["file"]
@@ -101,6 +110,18 @@ def validate_manifest(manifest: dict, path: Path = Path(".")) -> None:
             if not {"name", "dtype", "shape", "axes"} <= set(tensor) or len(tensor["shape"]) != len(tensor["axes"]):
                 raise _fail(path, f"graph {name!r} has a malformed tensor entry {tensor!r} (needs name, dtype, "
                                   "shape and axes of equal length).")
+    model = manifest["model"]
+    if not isinstance(model, dict):
+        raise _fail(path, "manifest 'model' must be an object describing the model; export the bundle again.")
+    pooling = model.get("pooling", "cls")
+    if pooling not in POOLINGS:
+        raise _fail(path, f"model.pooling {pooling!r} is not one of {', '.join(POOLINGS)}; export the bundle again "
+                          "with this edgekit.")
+    if layout == "per-layer":
+        takes = sorted(t["name"] for t in graphs["head"]["inputs"])
+        if takes != sorted(HEAD_INPUTS[pooling]):
+            raise _fail(path, f"a {pooling}-pooled head takes {', '.join(HEAD_INPUTS[pooling])}, but graph 'head' in "
+                              f"manifest.json takes {', '.join(takes) or 'nothing'}; export the bundle again.")
     exits = manifest["exits"]
     layers = exits.get("layers") if isinstance(exits, dict) else None
     if not layers or not all(isinstance(k, int) and k >= 1 for k in layers):

@@ -138,14 +138,6 @@ def _compress(data: bytes, codec: str) -> bytes:
     raise ValueError(f"unknown codec {codec!r}; use one of {CODECS}")
 
 
-def _decompress(data: bytes, codec: str) -> bytes:
-    if codec == "zlib":
-        return zlib.decompress(data)
-    if codec == "xz":
-        return lzma.decompress(data, format=lzma.FORMAT_XZ)
-    raise BundleError(f"packed bundle uses codec {codec!r}, which this runtime does not know; update edgekit_device.")
-
-
 def _sparse_parts(data: bytes, segments) -> tuple[bytes, bytes, dict[int, bytes]]:
     import numpy as np
 
@@ -179,11 +171,15 @@ def _sparse_join(skeleton: bytes, masks: bytes, planes: dict[int, bytes], segmen
         nonzero = np.unpackbits(np.frombuffer(masks, dtype=np.uint8, count=nbytes, offset=mk))[:count].astype(bool)
         mk += nbytes
         k = int(nonzero.sum())
+        if used[itemsize] + k > len(values[itemsize]):
+            raise BundleError("packed file has fewer non-zero values than its masks mark; the pack is corrupted.")
         elements = np.zeros((count, itemsize), dtype=np.uint8)
         elements[nonzero] = values[itemsize][used[itemsize]:used[itemsize] + k]
         used[itemsize] += k
         out += elements.tobytes()
     out += skeleton[sk:]
+    if any(used[size] != len(v) for size, v in values.items()):
+        raise BundleError("packed file has more non-zero values than its masks mark; the pack is corrupted.")
     if len(out) != total:
         raise BundleError(f"packed file rebuilds to {len(out)} bytes instead of {total}; the pack is corrupted.")
     return bytes(out)
@@ -197,13 +193,36 @@ def _sha256(data: bytes) -> str:
 # Public API
 
 
-def pack(bundle_dir, out_file, codec: str = "xz") -> dict:
+def check_pack_path(out_file, overwrite: bool) -> None:
+    """Refuse to write ``out_file`` over a file that is not a pack (edgekit did not write it), or over
+    an earlier pack unless ``overwrite``."""
+    out_file = Path(out_file)
+    if not out_file.exists() and not out_file.is_symlink():
+        return
+    try:
+        with open(out_file, "rb") as f:
+            ours = out_file.is_file() and not out_file.is_symlink() and f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        ours = False
+    if not ours:
+        raise BundleError(f"'{out_file}' exists and is not a packed bundle edgekit wrote; move it away or choose "
+                          "another bundle name (edgekit never replaces it).")
+    if not overwrite:
+        raise BundleError(f"'{out_file}' already exists and holds a packed bundle edgekit wrote earlier; pass "
+                          "--overwrite to replace it, or choose another bundle name.")
+
+
+def pack(bundle_dir, out_file, codec: str = "xz", overwrite: bool = False) -> dict:
     """Pack every file of ``bundle_dir`` into ``out_file``; returns sizes (dense, packed, per file).
 
-    The pack is verified by unpacking it in memory before it is written."""
+    The pack is verified by unpacking it in memory before it is written. An existing ``out_file``
+    is replaced only if it is a pack and ``overwrite`` (``check_pack_path``)."""
+    from .outdir import MARKER, claim, is_temp_name
+
     bundle_dir, out_file = Path(bundle_dir), Path(out_file)
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; use one of {CODECS}")
+    check_pack_path(out_file, overwrite)
     files, streams, payload = [], [], bytearray()
 
     def add_stream(raw: bytes) -> int:
@@ -215,6 +234,8 @@ def pack(bundle_dir, out_file, codec: str = "xz") -> dict:
     report = {}
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
         name = path.relative_to(bundle_dir).as_posix()
+        if name == MARKER or is_temp_name(path.name):  # edgekit's bookkeeping, not the bundle
+            continue
         data = path.read_bytes()
         entry = {"name": name, "bytes": len(data), "sha256": _sha256(data)}
         finder = _SEGMENT_FINDERS.get(path.suffix)
@@ -238,84 +259,287 @@ def pack(bundle_dir, out_file, codec: str = "xz") -> dict:
         if _sha256(_read_file(entry, streams, bytes(payload))) != entry["sha256"]:
             raise AssertionError(f"packing {entry['name']} does not round-trip; this is a bug")
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
+    claim(out_file)  # part of the run directory it is written into, if any (what --overwrite replaces)
+    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")  # a name outdir.is_temp_name knows
     tmp.write_bytes(blob)
     os.replace(tmp, out_file)
     return {"dense_bytes": sum(f["bytes"] for f in files), "packed_bytes": len(blob), "header_bytes": len(header),
             "codec": codec, "files": report}
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading a pack: everything in the header is untrusted. Every size is checked against the
+# others and against the limits before a byte is decompressed, decompression stops at the
+# declared size, and any malformed value is one BundleError sentence.
+
+MAX_UNPACKED_BYTES = 2 << 30        # the most bytes ``unpack`` writes from one pack
+SMALL_UNPACKED_BYTES = 64 << 20     # below this, any compression ratio is accepted
+MAX_EXPANSION = 100                 # above it, at most this many unpacked bytes per packed byte
+MAX_HEADER_BYTES = 16 << 20
+MAX_FILES = 10_000
+_HUGE = 1 << 62
+MAX_ITEMSIZE = 16
+XZ_MEMLIMIT = 256 << 20             # the decoder's memory; pack writes dictionaries of at most 64 MiB
+_CHUNK = 1 << 20
+
+
+_MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, struct.error, OverflowError,
+              RecursionError, MemoryError)
+
+
+def _corrupt(what: str) -> BundleError:
+    return BundleError(f"the packed bundle is malformed ({what}); download it again or pack the bundle again.")
+
+
+def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise _corrupt(f"{what} is {value!r}")
+    return value
+
+
+def check_name(name) -> str:
+    """A file name a pack may hold: a relative POSIX path of plain parts (no ``..``, ``.``, empty
+    part, leading ``/``, backslash, drive colon or control character), not edgekit's marker."""
+    from .outdir import MARKER
+
+    if not isinstance(name, str) or not 0 < len(name) <= 1024:
+        raise _corrupt(f"file name {str(name)[:40]!r}")
+    parts = name.split("/")
+    bad = (name.startswith("/") or "\\" in name or ":" in name or any(ord(c) < 32 or ord(c) == 127 for c in name)
+           or any(p in ("", ".", "..") or len(p) > 255 for p in parts) or name == MARKER)
+    if bad:
+        shown = repr(name if len(name) <= 80 else name[:77] + "...")  # repr: no control character reaches the terminal
+        raise BundleError(f"the packed bundle names a file {shown} outside a plain relative path; refusing to "
+                          "unpack it.")
+    return name
+
+
 def _parse(blob: bytes) -> tuple[dict, bytes]:
     if blob[:len(MAGIC)] != MAGIC:
         raise BundleError("the file is not a packed edgekit bundle (wrong magic bytes); pass a file written by `edgekit export --pack`.")
-    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
     start = len(MAGIC) + 4
+    if len(blob) < start:
+        raise _corrupt("the file ends inside its header length")
+    (size,) = struct.unpack_from("<I", blob, len(MAGIC))
+    if size > MAX_HEADER_BYTES or start + size > len(blob):
+        raise _corrupt(f"a header of {size:,} bytes in a file of {len(blob):,}")
     try:
         header = json.loads(blob[start:start + size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise BundleError("the packed bundle's header is corrupted; download it again.") from None
+    if not isinstance(header, dict):
+        raise BundleError("the packed bundle's header is corrupted; download it again.")
     if header.get("format") != FORMAT or header.get("version") != VERSION:
         raise BundleError(f"packed bundle version {header.get('version')!r} is not supported by this runtime "
                           f"(reads version {VERSION}); update edgekit_device.")
     return header, blob[start + size:]
 
 
+def _check_header(header: dict, payload_bytes: int, pack_bytes: int, max_bytes: int) -> None:
+    """Every stream inside the payload and used once, every file's sizes consistent with its
+    streams, names plain and distinct, the total within the limits."""
+    streams, files = header.get("streams"), header.get("files")
+    if not isinstance(streams, list) or not isinstance(files, list):
+        raise _corrupt("'streams' and 'files' must be lists")
+    if len(files) > MAX_FILES:
+        raise _corrupt(f"{len(files):,} files, more than a bundle has")
+    for i, s in enumerate(streams):
+        if not isinstance(s, dict):
+            raise _corrupt(f"stream {i} is {s!r}")
+        if s.get("codec") not in CODECS:
+            raise BundleError(f"packed bundle uses codec {s.get('codec')!r}, which this runtime does not know; "
+                              "update edgekit_device.")
+        offset = _int(s.get("offset"), f"stream {i} offset", 0, payload_bytes)
+        _int(s.get("length"), f"stream {i} length", 0, payload_bytes - offset)
+        _int(s.get("raw_bytes"), f"stream {i} raw_bytes", 0, _HUGE)  # bounded through the files that use it
+    end = 0
+    for s in sorted(streams, key=lambda s: s["offset"]):  # pack writes them back to back, nothing between
+        if s["offset"] != end:
+            raise _corrupt(f"a gap or overlap at payload byte {end:,}")
+        end += s["length"]
+    if end != payload_bytes:
+        raise _corrupt(f"{payload_bytes - end:,} payload bytes belong to no stream")
+    used: set[int] = set()
+
+    def stream(index, what: str) -> dict:
+        _int(index, what, 0, len(streams) - 1)
+        if index in used:
+            raise _corrupt(f"{what} reuses stream {index}")
+        used.add(index)
+        return streams[index]
+
+    names, folded, total = set(), set(), 0
+    for entry in files:
+        if not isinstance(entry, dict):
+            raise _corrupt(f"file entry {entry!r}")
+        name = check_name(entry.get("name"))
+        if name.casefold() in folded:
+            raise _corrupt(f"'{name}' is listed twice")
+        names.add(name)
+        folded.add(name.casefold())
+        size = _int(entry.get("bytes"), f"size of '{name}'", 0, _HUGE)  # the total is checked below
+        total += size
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _corrupt(f"sha256 of '{name}' is {sha!r}")
+        if entry.get("encoding") == "whole":
+            if stream(entry.get("stream"), f"stream of '{name}'")["raw_bytes"] != size:
+                raise _corrupt(f"'{name}' declares {size:,} bytes but its stream a different size")
+        elif entry.get("encoding") == "sparse":
+            segments, parts = entry.get("segments"), entry.get("streams")
+            if not isinstance(segments, list) or not isinstance(parts, dict) or not {"skeleton", "masks"} <= set(parts):
+                raise _corrupt(f"sparse entry of '{name}'")
+            cursor, cut, mask_bytes, by_size = 0, 0, 0, {}
+            for seg in segments:
+                if not isinstance(seg, list) or len(seg) != 3:
+                    raise _corrupt(f"a segment of '{name}' is {seg!r}")
+                offset = _int(seg[0], f"a segment offset of '{name}'", cursor, size)
+                length = _int(seg[1], f"a segment length of '{name}'", 0, size - offset)
+                itemsize = _int(seg[2], f"a segment item size of '{name}'", 1, MAX_ITEMSIZE)
+                if length % itemsize:
+                    raise _corrupt(f"a segment of '{name}' is not a whole number of items")
+                cursor, cut = offset + length, cut + length
+                mask_bytes += (length // itemsize + 7) // 8
+                by_size[itemsize] = by_size.get(itemsize, 0) + length
+            if set(parts) != {"skeleton", "masks", *(f"values{s}" for s in by_size)}:
+                raise _corrupt(f"the streams of '{name}' are {sorted(parts)}")
+            if stream(parts["skeleton"], f"skeleton of '{name}'")["raw_bytes"] != size - cut:
+                raise _corrupt(f"the skeleton of '{name}' does not match its size")
+            if stream(parts["masks"], f"masks of '{name}'")["raw_bytes"] != mask_bytes:
+                raise _corrupt(f"the masks of '{name}' do not match its segments")
+            for s, cut_bytes in by_size.items():
+                raw = stream(parts[f"values{s}"], f"values of '{name}'")["raw_bytes"]
+                if raw % s or raw > cut_bytes:  # at most every element of its segments is non-zero
+                    raise _corrupt(f"the values of '{name}' do not fit its segments")
+        else:
+            raise BundleError(f"packed file '{name}' has unknown encoding {entry.get('encoding')!r}; update "
+                              "edgekit_device.")
+    clash = next((n for n in names if any("/".join(n.split("/")[:k]) in names for k in range(1, n.count("/") + 1))),
+                 None)
+    if clash:
+        raise _corrupt(f"'{clash}' is inside a directory the pack also names as a file")
+    limit = min(max_bytes, max(SMALL_UNPACKED_BYTES, MAX_EXPANSION * pack_bytes))
+    if total > limit:
+        raise BundleError(f"the packed bundle declares {total:,} unpacked bytes, more than this runtime accepts from "
+                          f"a {pack_bytes:,}-byte file ({limit:,}); it is not a bundle edgekit packed, or pass a "
+                          "larger max_bytes to unpack it.")
+
+
+def _decompress_exactly(data: bytes, codec: str, size: int, name: str) -> bytes:
+    """Decompress one stream to exactly ``size`` bytes, never holding more than ``size + 1``."""
+    out = bytearray()
+    pos = 0
+    try:
+        if codec == "zlib":
+            d = zlib.decompressobj()
+            pending = b""
+            while not d.eof and len(out) <= size:
+                if not pending:
+                    pending = data[pos:pos + _CHUNK]
+                    pos += len(pending)
+                    if not pending:
+                        break
+                out += d.decompress(pending, size + 1 - len(out))
+                pending = d.unconsumed_tail
+            trailing = d.unused_data or pending or pos < len(data)
+        else:
+            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+            while not d.eof and len(out) <= size:
+                chunk = b""
+                if d.needs_input:
+                    chunk = data[pos:pos + _CHUNK]
+                    pos += len(chunk)
+                    if not chunk:
+                        break
+                out += d.decompress(chunk, size + 1 - len(out))
+            trailing = d.unused_data or pos < len(data)
+        done = d.eof
+    except (zlib.error, lzma.LZMAError, MemoryError):
+        raise BundleError(f"packed data of '{name}' is corrupted; download the bundle again.") from None
+    if len(out) > size:
+        raise BundleError(f"packed data of '{name}' expands beyond its declared {size:,} bytes; the pack is "
+                          "corrupted, download it again.")
+    if not done or len(out) != size or trailing:
+        raise BundleError(f"packed data of '{name}' is truncated or corrupted; download the bundle again.")
+    return bytes(out)
+
+
 def _read_file(entry: dict, streams: list[dict], payload: bytes) -> bytes:
-    """The bytes of one packed file."""
+    """The bytes of one packed file (``entry`` and ``streams`` checked by ``_check_header``)."""
 
     def stream(index: int) -> bytes:
         s = streams[index]
-        try:
-            return _decompress(payload[s["offset"]:s["offset"] + s["length"]], s["codec"])
-        except (zlib.error, lzma.LZMAError):
-            raise BundleError(f"packed data of '{entry['name']}' is corrupted; download the bundle again.") from None
+        return _decompress_exactly(payload[s["offset"]:s["offset"] + s["length"]], s["codec"], s["raw_bytes"],
+                                   entry["name"])
 
     if entry["encoding"] == "whole":
         return stream(entry["stream"])
-    if entry["encoding"] == "sparse":
-        names = entry["streams"]
-        planes = {int(k[len("values"):]): stream(v) for k, v in names.items() if k.startswith("values")}
-        return _sparse_join(stream(names["skeleton"]), stream(names["masks"]), planes,
-                            [tuple(s) for s in entry["segments"]], entry["bytes"])
-    raise BundleError(f"packed file '{entry['name']}' has unknown encoding {entry['encoding']!r}; update edgekit_device.")
+    names = entry["streams"]
+    planes = {int(k[len("values"):]): stream(v) for k, v in names.items() if k.startswith("values")}
+    return _sparse_join(stream(names["skeleton"]), stream(names["masks"]), planes,
+                        [tuple(s) for s in entry["segments"]], entry["bytes"])
 
 
-
-def unpack(pack_file, out_dir) -> Path:
-    """Restore the bundle directory packed in ``pack_file`` into ``out_dir`` (replaced if it exists).
-
-    Every file is checked against its sha256; a mismatch raises ``BundleError`` naming the file and
-    leaves ``out_dir`` untouched."""
-    pack_file, out_dir = Path(pack_file), Path(out_dir)
+def read_pack(pack_file, max_bytes: int = MAX_UNPACKED_BYTES) -> tuple[dict, bytes]:
+    """The checked header and the payload of ``pack_file``; raises ``BundleError`` for anything else."""
+    pack_file = Path(pack_file)
     try:
+        size = pack_file.stat().st_size
+        if size > max_bytes + MAX_HEADER_BYTES:
+            raise BundleError(f"'{pack_file}' is {size:,} bytes, more than a packed bundle this runtime accepts; "
+                              "pass a larger max_bytes to unpack it.")
         blob = pack_file.read_bytes()
     except OSError as e:
         raise BundleError(f"cannot read the packed bundle '{pack_file}' ({e.strerror or e}).") from None
     header, payload = _parse(blob)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _check_header(header, len(payload), len(blob), max_bytes)
+    return header, payload
+
+
+def unpack(pack_file, out_dir, overwrite: bool = False, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Restore the bundle directory packed in ``pack_file`` into ``out_dir``; returns ``out_dir``.
+
+    ``out_dir`` must be missing or empty, or hold a bundle edgekit wrote and ``overwrite`` be true
+    (``outdir.check_out_dir``: a file edgekit did not write is never replaced). Every file is
+    checked against its declared size and sha256 and written into a temporary sibling that becomes
+    ``out_dir`` only when all are; a pack that declares more than ``max_bytes`` (or a ratio no
+    bundle has) is refused before anything is decompressed. Every problem is a ``BundleError``."""
+    from .outdir import check_out_dir, replace_dir
+
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, "bundle", overwrite)
+    try:
+        header, payload = read_pack(pack_file, max_bytes)
+    except _MALFORMED as e:  # a value _check_header did not foresee: still one sentence, never a traceback
+        raise _corrupt(type(e).__name__) from None
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise BundleError(f"cannot create '{out_dir}' ({e.strerror or e}); choose a writable directory.") from None
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; the bundle directory gets mkdir's mode
     try:
+        root = tmp.resolve()
         for entry in header["files"]:
             name = entry["name"]
             target = (tmp / name).resolve()
-            if tmp.resolve() not in target.parents:
+            if root not in target.parents:  # check_name already refused it; a second line of defence
                 raise BundleError(f"packed bundle names a file outside the bundle ('{name}'); refusing to unpack it.")
-            data = _read_file(entry, header["streams"], payload)
+            try:
+                data = _read_file(entry, header["streams"], payload)
+            except _MALFORMED as e:
+                raise _corrupt(f"'{name}': {type(e).__name__}") from None
             if _sha256(data) != entry["sha256"]:
                 raise BundleError(f"unpacked '{name}' does not match its sha256; the pack is corrupted, download it again.")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
+            with open(target, "xb") as f:  # never through a link, never twice
+                f.write(data)
+        replace_dir(tmp, out_dir, "bundle", overwrite)
+    except OSError as e:
+        raise BundleError(f"cannot write the bundle into '{out_dir}' ({e.strerror or e}); free space or choose "
+                          "another directory.") from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

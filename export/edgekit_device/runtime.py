@@ -9,6 +9,9 @@ once, then ``layer`` k times and ``head`` at each layer where it may stop:
 - ``mode="entropy"`` (DeeBERT): an example stops at the first layer whose prediction entropy
   (nats) is below ``entropy_threshold``.
 
+The head reads the layer it is given by the bundle's pooling (manifest ``model.pooling``): [CLS]
+(``cls``), or the masked token mean (``mean``), in which case it is fed the attention mask too.
+
 Dynamic exits follow ``edgekit.early_exit.EarlyExitClassifier.predict_dynamic`` step for step:
 examples that have exited leave the running batch, and trailing padding no remaining example
 needs is cut, so deeper layers cost only what is still undecided. A ``fixed`` bundle computes its
@@ -139,7 +142,9 @@ class Predictor:
     def _layer(self, hidden, attention_mask):
         return self._output("layer", {"hidden": hidden, "attention_mask": attention_mask})
 
-    def _head(self, hidden):
+    def _head(self, hidden, attention_mask):
+        if self.bundle.pooling == "mean":
+            return self._output("head", {"hidden": hidden, "attention_mask": attention_mask})
         return self._output("head", {"hidden": hidden})
 
     # -- logits
@@ -164,7 +169,7 @@ class Predictor:
         out = []
         for _ in range(max_layer):
             hidden = self._layer(hidden, attention_mask)
-            out.append(self._head(hidden))
+            out.append(self._head(hidden, attention_mask))
         return np.stack(out)
 
     def logits(self, input_ids, attention_mask, exit_layer: int | None = None) -> np.ndarray:
@@ -175,7 +180,7 @@ class Predictor:
         hidden = self._embed(input_ids)
         for _ in range(exit_layer):
             hidden = self._layer(hidden, attention_mask)
-        return self._head(hidden)
+        return self._head(hidden, attention_mask)
 
     def dynamic(self, input_ids, attention_mask, mode: str = "patience", patience: int = 2,
                 entropy_threshold: float = 0.1, max_layer: int | None = None):
@@ -203,7 +208,7 @@ class Predictor:
         for layer in range(1, max_layer + 1):
             hidden = self._layer(hidden, mask)
             evaluations += len(rows)
-            logits = self._head(hidden)
+            logits = self._head(hidden, mask)
             prediction = logits.argmax(axis=-1)
             if layer == max_layer:
                 done = np.ones(len(rows), dtype=bool)

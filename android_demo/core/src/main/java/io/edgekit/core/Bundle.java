@@ -28,6 +28,11 @@ public final class Bundle {
     static final List<String> PRECISIONS = Arrays.asList("fp32", "int8");
     static final String[] REQUIRED = {"format_version", "format", "precision", "layout", "graphs", "max_length",
             "exits", "model", "tokenizer", "labels", "files"};
+    /**
+     * How the head reads the layer it is given (manifest {@code model.pooling}, absent: cls): [CLS]
+     * through the pooler, or the masked token mean, whose head graph also takes the attention mask.
+     */
+    static final List<String> POOLINGS = Arrays.asList("cls", "mean");
 
     /** A graph of the bundle: its file, TFLite signature (or null) and declared inputs and outputs. */
     public static final class Graph {
@@ -65,6 +70,8 @@ public final class Bundle {
     /** The exit layers the bundle serves, in manifest order (1..depth for per-layer, {k} for fixed). */
     public final List<Integer> exitLayers;
     public final Map<String, Graph> graphs;
+    /** {@code cls} or {@code mean}; a mean-pooled head is fed the attention mask. */
+    public final String pooling;
     private Tokenizer tokenizer;
 
     private Bundle(BundleFiles files, Map<String, Object> manifest, List<String> labels) {
@@ -75,6 +82,7 @@ public final class Bundle {
         this.precision = (String) manifest.get("precision");
         this.layout = (String) manifest.get("layout");
         this.maxLength = Json.asInt(manifest.get("max_length"), "max_length");
+        this.pooling = poolingOf(manifest);
         List<Integer> exits = new ArrayList<>();
         for (Object k : Json.asList(Json.asObject(manifest.get("exits"), "exits").get("layers"), "exits.layers")) {
             exits.add(Json.asInt(k, "exit layer"));
@@ -96,6 +104,16 @@ public final class Bundle {
                     signature instanceof String ? (String) signature : null, in, out));
         }
         this.graphs = Collections.unmodifiableMap(parsed);
+    }
+
+    private static String poolingOf(Map<?, ?> manifest) {
+        Object value = ((Map<?, ?>) manifest.get("model")).get("pooling");
+        return value == null ? "cls" : String.valueOf(value);
+    }
+
+    /** The head's inputs for a pooling (Python's {@code HEAD_INPUTS}). */
+    static List<String> headInputs(String pooling) {
+        return "mean".equals(pooling) ? Arrays.asList("hidden", "attention_mask") : Collections.singletonList("hidden");
     }
 
     /** Graph names a layout needs (Python's {@code LAYOUTS}). */
@@ -289,6 +307,29 @@ public final class Bundle {
                     throw fail(where, "graph '" + name + "' has a malformed tensor entry " + t
                             + " (needs name, dtype, shape and axes of equal length).");
                 }
+            }
+        }
+        if (!(m.get("model") instanceof Map)) {
+            throw fail(where, "manifest 'model' must be an object describing the model; export the bundle again.");
+        }
+        Object poolingValue = ((Map<?, ?>) m.get("model")).get("pooling");
+        String pooling = poolingValue == null ? "cls" : (poolingValue instanceof String ? (String) poolingValue : null);
+        if (!POOLINGS.contains(pooling)) {
+            throw fail(where, "model.pooling " + poolingValue + " is not one of " + String.join(", ", POOLINGS)
+                    + "; export the bundle again with this edgekit.");
+        }
+        if ("per-layer".equals(layout)) {
+            TreeSet<String> takes = new TreeSet<>();
+            Object headInputs = ((Map<?, ?>) ((Map<?, ?>) graphsValue).get("head")).get("inputs");
+            if (headInputs instanceof List) {
+                for (Object t : (List<?>) headInputs) {
+                    takes.add(String.valueOf(((Map<?, ?>) t).get("name")));
+                }
+            }
+            if (!takes.equals(new TreeSet<>(headInputs(pooling)))) {
+                throw fail(where, "a " + pooling + "-pooled head takes " + String.join(", ", headInputs(pooling))
+                        + ", but graph 'head' in manifest.json takes "
+                        + (takes.isEmpty() ? "nothing" : String.join(", ", takes)) + "; export the bundle again.");
             }
         }
         Object exits = m.get("exits");

@@ -11,8 +11,8 @@ import java.util.Map;
  *
  * <p>A {@code per-layer} bundle holds ALBERT's single shared layer once: {@code embed} runs once,
  * then {@code layer} k times, each pass fed the previous output and the same attention mask, and
- * {@code head} at each layer where the example may stop. A {@code fixed} bundle runs its one
- * {@code model} graph.
+ * {@code head} at each layer where the example may stop; a mean-pooled head ({@link Bundle#pooling})
+ * is fed the attention mask as well. A {@code fixed} bundle runs its one {@code model} graph.
  *
  * <p>Shapes: inputs are padded to the manifest's static sizes ({@code input_ids} with the
  * tokenizer's pad id, everything else with 0) and outputs are cut back to the text's length, so the
@@ -183,6 +183,14 @@ public final class Predictor {
         return out;
     }
 
+    /** The head's logits for {@code hidden}: a mean-pooled head also needs the mask. */
+    private float[] head(Tensor hidden, Tensor mask, int length) throws BundleException {
+        if ("mean".equals(bundle.pooling)) {
+            return row(run("head", feeds("hidden", hidden, "attention_mask", mask), length));
+        }
+        return row(run("head", feeds("hidden", hidden, null, null), length));
+    }
+
     // -- exits
 
     int checkExit(Integer exitLayer) throws BundleException {
@@ -218,7 +226,7 @@ public final class Predictor {
             for (int k = 0; k < layer; k++) {
                 hidden = run("layer", feeds("hidden", hidden, "attention_mask", mask), ids.length);
             }
-            logits = row(run("head", feeds("hidden", hidden, null, null), ids.length));
+            logits = head(hidden, mask, ids.length);
             evaluations = layer;
         }
         long t2 = System.nanoTime();
@@ -244,7 +252,7 @@ public final class Predictor {
         int[] trail = new int[top];
         for (int layer = 1; layer <= top; layer++) {
             hidden = run("layer", feeds("hidden", hidden, "attention_mask", mask), ids.length);
-            float[] logits = row(run("head", feeds("hidden", hidden, null, null), ids.length));
+            float[] logits = head(hidden, mask, ids.length);
             trail[layer - 1] = Scores.argmax(logits);
             if (decider.exitAt(layer, top, logits)) {
                 long t2 = System.nanoTime();
@@ -266,7 +274,7 @@ public final class Predictor {
         Tensor hidden = run("embed", feeds("input_ids", tokens(ids), null, null), ids.length);
         for (int k = 0; k < top; k++) {
             hidden = run("layer", feeds("hidden", hidden, "attention_mask", mask), ids.length);
-            out[k] = row(run("head", feeds("hidden", hidden, null, null), ids.length));
+            out[k] = head(hidden, mask, ids.length);
         }
         return out;
     }

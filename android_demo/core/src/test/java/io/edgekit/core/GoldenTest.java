@@ -405,6 +405,9 @@ public final class GoldenTest {
                 next[1] += 1;
                 return output(graph, Tensor.ofFloats(hidden.shape, next));
             }
+            if (inputs.containsKey("attention_mask")) { // a mean-pooled head: the same mask as the layers
+                checkMask(inputs.get("attention_mask"));
+            }
             int example = (int) hidden.get(0);
             int depth = (int) hidden.get(1);
             require(depth >= 1 && depth <= logits.length, "head at depth " + depth);
@@ -423,6 +426,7 @@ public final class GoldenTest {
             check(bundle.layout.equals(expect.get("layout")), name + ": layout");
             check(bundle.precision.equals(expect.get("precision")), name + ": precision");
             check(bundle.maxLength == Json.asInt(expect.get("max_length"), "max_length"), name + ": max_length");
+            check(bundle.pooling.equals(expect.get("pooling")), name + ": pooling " + bundle.pooling);
             check(Arrays.equals(bundle.exitLayers.toArray(), toIntegers(ints(expect.get("exits")))), name + ": exits");
             check(bundle.labels.equals(list(expect.get("labels"))), name + ": labels");
             check(new java.util.TreeSet<>(bundle.graphs.keySet()).toString().equals(
@@ -548,7 +552,8 @@ public final class GoldenTest {
                     }
                 }
             }
-            System.out.println("bundle " + name + " (" + bundle.format + ", " + bundle.layout + ", exits "
+            System.out.println("bundle " + name + " (" + bundle.format + ", " + bundle.layout + ", " + bundle.pooling
+                    + " pooling, exits "
                     + bundle.exitLayers + "): ids " + idsOk + "/" + texts.size() + ", runs " + runsOk + "/" + runs.size()
                     + " agree with the Python Predictor, max |score diff| " + worstScore + ", max |entropy diff| "
                     + worstEntropy);
@@ -611,12 +616,21 @@ public final class GoldenTest {
                 {"\"format\":\\s*\"[a-z]+\"", "\"format\": \"coreml\"", "format coreml is not one of"},
                 {"\"labels\":\\s*\\{", "\"labelz\": {", "manifest.json lacks labels"},
                 {"\"layers\":\\s*\\[", "\"layers\": [0, ", "exits.layers' must list the exit layers"},
+                {"\"pooling\":\\s*\"[a-z]+\"", "\"pooling\": \"max\"", "model.pooling max is not one of cls, mean"},
         };
         for (String[] edit : edits) {
             String changed = manifest.replaceFirst(edit[0], edit[1]);
             check(!changed.equals(manifest), name + ": manifest edit " + edit[0] + " applies");
             BundleFiles files = new Tampered(dir, Bundle.MANIFEST, data -> changed.getBytes(StandardCharsets.UTF_8));
             expectThrows(() -> Bundle.load(files, false), edit[2], name + ": manifest with " + edit[1]);
+        }
+        if (bundle.isPerLayer()) {
+            // The manifest's pooling must match what the head graph takes.
+            String other = "mean".equals(bundle.pooling) ? "cls" : "mean";
+            String swapped = manifest.replaceFirst("\"pooling\":\\s*\"[a-z]+\"", "\"pooling\": \"" + other + "\"");
+            BundleFiles files = new Tampered(dir, Bundle.MANIFEST, data -> swapped.getBytes(StandardCharsets.UTF_8));
+            expectThrows(() -> Bundle.load(files, false), "a " + other + "-pooled head takes",
+                    name + ": manifest with pooling " + other);
         }
         BundleFiles notJson = new Tampered(dir, Bundle.MANIFEST, data -> "{\"format\": ".getBytes(StandardCharsets.UTF_8));
         expectThrows(() -> Bundle.load(notJson, false), "manifest.json is not valid JSON", name + ": broken manifest");
