@@ -32,23 +32,31 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path, data, indent: int = 2) -> Path:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temporary path beside ``path`` to write; on success it becomes ``path`` (normal file
+    mode, recorded in the run directory's marker), on failure it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     claim(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent, ensure_ascii=False, default=str)
-            f.write("\n")
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_json(path, data, indent: int = 2) -> Path:
+    """Write JSON atomically (temp file in the same directory, then rename)."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=indent, ensure_ascii=False, default=str)
+        f.write("\n")
+    return Path(path)
 
 
 def read_json(path):

@@ -270,3 +270,20 @@ def test_finetune_run_directory_is_all_claimed(tmp_path):
         finetune(cfg, tmp_path / "ft")
     finetune(cfg, tmp_path / "ft", overwrite=True)
     assert foreign_entries(tmp_path / "ft") == []
+
+
+def test_a_file_appearing_after_the_check_is_never_deleted(tmp_path, monkeypatch):
+    """replace_dir empties nothing by force: if the directory it found empty gains a file before the
+    rename (simulated by skipping the check), the write is refused and the file stays."""
+    from edgekit_device import outdir
+    from edgekit_device.errors import BundleError
+
+    tmp, final = tmp_path / ".out.tmp-1", tmp_path / "out"
+    tmp.mkdir()
+    (tmp / "a.txt").write_text("new")
+    final.mkdir()
+    (final / "mine.txt").write_text("user data")
+    monkeypatch.setattr(outdir, "check_out_dir", lambda *a, **k: False)
+    with pytest.raises(BundleError, match="no longer empty"):
+        outdir.replace_dir(tmp, final, "bundle", overwrite=False)
+    assert (final / "mine.txt").read_text() == "user data"

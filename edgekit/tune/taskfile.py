@@ -9,11 +9,8 @@ weight files). A task file loads only onto the base with that hash. Nothing is u
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -53,22 +50,12 @@ def save_task_file(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write ``tensors`` and ``meta`` to ``path`` atomically (a temporary file, then a rename)."""
     from safetensors.torch import save_file
 
-    from edgekit.io import claim
+    from edgekit.io import atomic_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    claim(path)  # a run directory lists what it holds, so --overwrite may replace it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp,
+    with atomic_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp),
                   metadata={META_KEY: json.dumps({"format": FORMAT, **meta}, ensure_ascii=False)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -248,7 +248,14 @@ def replace_dir(tmp, final, kind: str, overwrite: bool, error=BundleError, flag:
     seal(tmp, kind)
     replacing = check_out_dir(final, kind, overwrite, error, flag)
     old = None
-    if replacing or (final.is_dir() and not final.is_symlink()):  # an empty directory is replaced too
+    if not replacing and final.is_dir() and not final.is_symlink():
+        # An empty directory is replaced: rmdir, which fails (deleting nothing) if a file appeared since the check.
+        try:
+            final.rmdir()
+        except OSError:
+            raise error(f"'{final}' is no longer empty; choose another output directory (edgekit never deletes "
+                        "files it did not write).") from None
+    elif replacing:
         old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
         os.replace(final, old)
     try:
