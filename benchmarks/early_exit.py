@@ -2,7 +2,7 @@
 layers while other high-end ones may use more").
 
     python benchmarks/early_exit.py latency                      # paper shape, random weights
-    python benchmarks/early_exit.py accuracy --model CLASSIFIER_DIR --task sentiment [--data-dir DIR]
+    python benchmarks/early_exit.py accuracy --model CLASSIFIER_DIR --task sentiment [--data-dir DIR] [--name NAME]
 
 ``latency``: the paper-shape classifier (24 shared layers, hidden 768, 16 heads, E=128, vocabulary
 21,128, 15 labels) on CPU, per exit layer, batch 1 and batch 32, sequence length 64; layers above
@@ -84,6 +84,10 @@ def accuracy(args) -> dict:
     n = len(task.dev) if args.limit is None else min(args.limit, len(task.dev))
     texts = task.dev.texts[:n]
     y = torch.tensor([label2id[task.labels[v]] for v in task.dev.labels[:n]])
+    if args.max_length is None:  # the length the model was fine-tuned with
+        from edgekit.checkpoint import default_max_length
+
+        args.max_length = default_max_length(args.model)
     enc = tok(texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     depth = clf.depth
@@ -123,7 +127,11 @@ def accuracy(args) -> dict:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "early_exit_accuracy.png", dpi=120)
+    out_dir = Path(getattr(args, "out_dir", None) or RESULTS)
+    name = getattr(args, "name", None) or "early_exit_accuracy"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / f"{name}.png", dpi=120)
+    plt.close(fig)
     cmd = " ".join(["python", "benchmarks/early_exit.py"] + sys.argv[1:])
     lines = [f"Command: `{cmd}`  ", f"Date: {datetime.date.today()}; {len(texts)} dev examples of task {args.task}; batch 32; "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
@@ -142,8 +150,8 @@ def accuracy(args) -> dict:
     print(md)
     result = {"command": cmd, "date": str(datetime.date.today()), "per_exit": per_exit, "dynamic": dynamic,
               "best": best, "full_depth_accuracy": full_acc}
-    (RESULTS / "early_exit_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "early_exit_accuracy.md").write_text(md + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(md + "\n")
     return result
 
 
@@ -158,8 +166,10 @@ def main():
     acc.add_argument("--model", required=True)
     acc.add_argument("--task", required=True)
     acc.add_argument("--data-dir", default=None)
-    acc.add_argument("--max-length", type=int, default=64)
+    acc.add_argument("--max-length", type=int, default=None, help="default: the model's fine-tuning length")
     acc.add_argument("--limit", type=int, default=None)
+    acc.add_argument("--name", default="early_exit_accuracy", help="output file stem (one per model and task)")
+    acc.add_argument("--out-dir", default=None, help="default: benchmarks/results")
     args = p.parse_args()
     latency(args) if args.what == "latency" else accuracy(args)
 

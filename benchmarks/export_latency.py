@@ -13,7 +13,12 @@ Models (random weights: latency and size do not depend on training):
 Each student format is measured at exits 1, 2, 6 and 24 (``fixed`` graphs computing exactly k
 layers): PyTorch fp32 (``EarlyExitClassifier.predict``), ONNX fp32 and dynamic int8 (edgekit's
 ONNX graphs + onnxruntime.quantization), TFLite fp32, dynamic int8 and full int8 (litert-torch +
-ai-edge-quantizer, full int8 calibrated on 8 CLUE TNEWS sentences). Batch 1, one thread
+ai-edge-quantizer, full int8 calibrated on 8 CLUE TNEWS sentences). Full int8 twice: today's
+graphs (``int8_ops="fully-connected"``: int8 activations at every FULLY_CONNECTED, the rest float32)
+and, as ``int8-full-all (before)``, the all-int8 graphs edgekit wrote before (``int8_ops="all"``).
+At T=128, full depth, the TFLite graphs are also profiled: the top native functions by share of
+``perf`` samples (when ``perf`` is installed) and the ops XNNPACK leaves to TFLite's builtin
+kernels (``edgekit.export.tflite.xnnpack_fallbacks``). Batch 1, one thread
 everywhere, the same input (a sequence of exactly T tokens, T = 64 and 128) for every runtime, all
 in one process: everything is converted first, then timed in interleaved rounds (``_measure``),
 reporting CPU and wall time. With ``--peer-python``, Hugging Face Optimum's ONNX export of the same
@@ -29,6 +34,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from edgekit.early_exit import EarlyExitClassifier  # noqa: E402
-from edgekit.export.tflite import calibration_inputs_from_texts, export_tflite, quantize_tflite  # noqa: E402
+from edgekit.export.tflite import (calibration_inputs_from_texts, export_tflite, quantize_tflite,  # noqa: E402
+                                   xnnpack_fallbacks)
 from edgekit_device.tflite_backend import TFLiteBackend  # noqa: E402
 from edgekit.prune import MagnitudePruner  # noqa: E402
 from edgekit.student import StudentConfig, build_student  # noqa: E402
@@ -141,7 +148,7 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
     started = time.time()
 
     # 1. convert everything; a runner is a no-argument call of one runtime on the timed input
-    runners, rows = {}, {}
+    runners, rows, profile_paths = {}, {}, {}
     logit_scale = 0.0
     peer = _peer(student, peer_python, work) if peer_python else None
     for length in lengths:
@@ -177,12 +184,17 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
             dynamic.write_bytes(quantize_tflite(fp32.files[0].read_bytes(), "dynamic"))
             full = export_tflite(student, work / f"tflite-full-k{k}-t{length}", exit_layer=k, max_length=length,
                                  int8="full", calibration_inputs=calibration)
-            for precision, path in (("fp32", fp32.files[0]), ("int8-dynamic", dynamic), ("int8-full", full.files[0])):
+            full_all = export_tflite(student, work / f"tflite-full-all-k{k}-t{length}", exit_layer=k,
+                                     max_length=length, int8="full", calibration_inputs=calibration, int8_ops="all")
+            for precision, path in (("fp32", fp32.files[0]), ("int8-dynamic", dynamic), ("int8-full", full.files[0]),
+                                    (BEFORE, full_all.files[0])):
                 graph = TFLiteBackend(path, num_threads=1)
                 key = ("student 80% pruned", "tflite", precision, k, length)
                 runners[key] = lambda graph=graph, feeds32=feeds32: graph.run(feeds32)
                 rows[key] = {"files": [path], "gzip": k == exits[-1],
                              "delta": np.abs(graph.run(feeds32)["logits"] - reference).max()}
+                if k == exits[-1] and length == lengths[-1]:
+                    profile_paths[precision] = path
             print(f"converted T={length} k={k} ({time.time() - started:.0f} s)", flush=True)
 
         if peer:
@@ -202,6 +214,11 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
     measured_at = time.time()
     timings = _measure(runners, rounds)
     print(f"timed {len(runners)} runners x {rounds} rounds in {time.time() - measured_at:.0f} s", flush=True)
+    profiles = {precision: {"fallbacks": sorted(([op, dtype, n] for (op, dtype), n in
+                                                 xnnpack_fallbacks(Path(path).read_bytes()).items()),
+                                                key=lambda x: -x[2]),
+                            "perf": _perf_profile(Path(path), work)}
+                for precision, path in profile_paths.items()}
     out = []
     for key, (wall_ms, cpu_ms) in timings.items():
         model, fmt, precision, k, length = key
@@ -213,9 +230,57 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
                     "gzip_bytes": _gzip_bytes(files) if info.get("gzip") else None,
                     "max_abs_diff_vs_pytorch": None if "delta" not in info else float(info["delta"])})
     teacher_bytes = sum(p.numel() * 4 for p in teacher.parameters())
-    return {"rows": out, "peer": peer, "teacher_fp32_bytes": teacher_bytes, "logit_scale": logit_scale,
+    return {"rows": out, "peer": peer, "profiles": profiles,
+            "profile_shape": {"seq": lengths[-1], "exit": exits[-1]}, "teacher_fp32_bytes": teacher_bytes, "logit_scale": logit_scale,
             "exits": list(exits), "lengths": list(lengths), "runs": rounds,
             "seconds": round(time.time() - started, 1)}
+
+
+BEFORE = "int8-full-all (before)"
+PROFILE_CALLS = 20
+_LOOP = """import sys, numpy as np
+from ai_edge_litert.interpreter import Interpreter
+runner = Interpreter(model_path=sys.argv[1], num_threads=1).get_signature_runner("serving_default")
+feeds = {n: np.ones(d["shape"], d["dtype"]) for n, d in runner.get_input_details().items()}
+for _ in range(int(sys.argv[2])):
+    runner(**feeds)
+"""
+
+
+def _short_symbol(symbol: str) -> str:
+    """A C++ symbol without template arguments and parameter lists (the table's width)."""
+    out, depth = [], 0
+    for ch in symbol:
+        depth += ch in "<("
+        if depth == 0:
+            out.append(ch)
+        depth -= ch in ">)"
+    return "".join(out).strip()[:90]
+
+
+def _perf_profile(path: Path, work: Path, top: int = 8) -> list[list] | None:
+    """[symbol, % of samples] of the top native functions while ``path`` runs PROFILE_CALLS times
+    on one thread (loading included), from ``perf record``; None when perf is not installed or
+    not permitted."""
+    import shutil
+
+    if shutil.which("perf") is None:
+        return None
+    script, data = work / "loop.py", work / f"{path.stem}.perf"
+    script.write_text(_LOOP)
+    record = subprocess.run(["perf", "record", "-F", "499", "-o", str(data), sys.executable, str(script), str(path),
+                             str(PROFILE_CALLS)], capture_output=True, text=True,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    if record.returncode:
+        return None
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "symbol", "--stdio"],
+                            capture_output=True, text=True)
+    out = []
+    for line in report.stdout.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0].endswith("%") and parts[1] in ("[.]", "[k]"):
+            out.append([_short_symbol(re.split(r"\s{2,}", parts[2])[0]), float(parts[0][:-1])])
+    return out[:top]
 
 
 def _peer(student, python: str, work: Path) -> dict:
@@ -248,6 +313,7 @@ def ratios(result: dict) -> list[dict]:
             pairs.append((f"teacher PyTorch fp32 / TFLite {precision} exit@2", length, 40, teacher,
                           _find(rows, format="tflite", precision=precision, exit=2, seq=length)))
         for fmt, fp32, int8 in (("tflite", "fp32", "int8-dynamic"), ("tflite", "fp32", "int8-full"),
+                                ("tflite", "fp32", BEFORE),
                                 ("onnx", "fp32", "int8"), ("optimum-onnx", "fp32", "int8")):
             pairs.append((f"{fmt} fp32 / {fmt} {int8}, full depth", length, 2,
                           _find(rows, format=fmt, precision=fp32, exit=24, seq=length),
@@ -277,7 +343,10 @@ def markdown(result: dict, command: str) -> str:
              f"Cells: **CPU ms** (wall ms), medians of {result['runs']} interleaved rounds after 2 warm-up rounds: every "
              "round runs every runtime once in a shuffled order, so load from other jobs hits all of them alike. "
              "CPU time is the process's CPU time per call; each runtime runs on one thread, so it is what an idle "
-             "core gives; wall time includes waiting for a core on this shared machine.", "",
+             "core gives; wall time includes waiting for a core on this shared machine." +
+             (" The load average was above the core count during this run: CPU times then also include the "
+              "slowdown of sharing caches and memory bandwidth (fp32 GEMMs suffer most), so compare rows of this "
+              "run with each other, not with another run's." if result["load_before"] > _cores() else ""), "",
              "Sizes are the graph files; gzip (level 6) shows what pruning saves in a download (dense formats store "
              "zeros). The last column compares each runtime's logits with PyTorch fp32 on the timed input; the random "
              f"student's logits have |x| ≤ {result['logit_scale']:.2f}.", ""]
@@ -307,6 +376,7 @@ def markdown(result: dict, command: str) -> str:
     for r in result["ratios"]:
         lines.append(f"| {r['ratio']} | {r['seq']} | {r['cpu']} | {r['wall']} | ≥ {r['target']} | "
                      f"{'PASS' if r['pass'] else 'MISS'} |")
+    lines += _profile_markdown(result)
     if result.get("peer"):
         p = result["peer"]
         lines += ["", f"Peer: Hugging Face Optimum ({', '.join(f'{k} {v}' for k, v in p['versions'].items())}; in its own "
@@ -318,6 +388,33 @@ def markdown(result: dict, command: str) -> str:
         lines += ["", "Peer: not run (pass `--peer-python`; Optimum's ONNX exporter needs transformers < 4.58, "
                   "see benchmarks/optimum_peer.py)."]
     return "\n".join(lines) + "\n"
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _profile_markdown(result: dict) -> list[str]:
+    profiles = result.get("profiles") or {}
+    if not profiles:
+        return []
+    shape = result["profile_shape"]
+    lines = ["", f"### Where the time goes: TFLite at T = {shape['seq']}, exit {shape['exit']}", "",
+             "Ops the XNNPACK delegate does not take (they run on TFLite's builtin kernels; for int8 mostly "
+             "the reference kernels). Whether XNNPACK takes an int8 BATCH_MATMUL, ADD or SUB depends on its "
+             "calibrated scales, so the same shared layer falls back at some depths and not at others.", "",
+             "| precision | ops on builtin kernels (op, output dtype: count) |", "|---|---|"]
+    for precision, p in profiles.items():
+        cells = ", ".join(f"{op} {dtype}: {n}" for op, dtype, n in p["fallbacks"]) or "none"
+        lines.append(f"| {precision} | {cells} |")
+    if any(p["perf"] for p in profiles.values()):
+        lines += ["", f"Top native functions by share of `perf record` samples ({PROFILE_CALLS} calls on one thread, "
+                  "loading included; `xnn_` functions are XNNPACK's, `tflite::reference_ops` TFLite's reference "
+                  "kernels):", "", "| precision | function | % samples |", "|---|---|---:|"]
+        for precision, p in profiles.items():
+            for symbol, share in p["perf"] or []:
+                lines.append(f"| {precision} | `{symbol}` | {share:.1f} |")
+    return lines
 
 
 def main(argv=None) -> dict:

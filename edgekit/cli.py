@@ -31,6 +31,8 @@ def _overrides(pairs, **flags) -> dict:
 
 OVERWRITE_HELP = ("Replace --out if it holds this command's own earlier output (a directory edgekit did not write, or "
                   "one holding files it did not write, is never replaced).")
+PACK_CODEC_HELP = ("zlib: what the phone app (java.util.zip.Inflater) and the browser demo (DecompressionStream) "
+                   "decode; xz: 5-8% smaller, read only by the Python runtime (edgekit_device.unpack).")
 MAX_LENGTH_HELP = "Longest input in tokens (default: the length the model was fine-tuned with, else 128)."
 MODEL_HELP = "a checkpoint directory, or the run directory of the stage that wrote it"
 
@@ -125,8 +127,16 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
     for task, b in report["bundles"].items():
         if b.get("checkpoint"):
             click.echo(f"fine-tuned checkpoint ({task}): {b['checkpoint']}")
-        click.echo(f"bundle for the phone app ({task}): {b['bundle']}" +
-                   (f"  (download: {b['packed']}, {b['packed_bytes']:,} bytes)" if b["packed"] else ""))
+        phone = b.get("phone")
+        if phone is None or phone["bundle"] != b["bundle"]:
+            click.echo(f"bundle ({task}, {b['format']} {b['precision']}, evaluated above): {b['bundle']}" +
+                       (f"  (download: {b['packed']}, {b['packed_bytes']:,} bytes)" if b["packed"] else ""))
+        if phone is None:
+            click.echo(f"bundle for the phone app ({task}): none (export.phone: none)")
+        else:
+            click.echo(f"bundle for the phone app ({task}): {phone['bundle']}" +
+                       (f"  (download: {phone['packed']}, {phone['packed_bytes']:,} bytes; copy it to "
+                        "android_demo/app/src/main/assets/bundle.edgepack)" if phone["packed"] else ""))
     click.echo(f"report: {report['run_dir']}/report.md")
 
 
@@ -213,32 +223,47 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
 @click.option("--label-field", help="Label field.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory.")
 @click.option("--early-exit/--no-early-exit", default=None, help="Train all exits with weights 2k/(L(L+1)) (default on for students).")
-@click.option("--max-steps", type=int, help="Optimizer steps.")
+@click.option("--max-steps", type=int, help="Optimizer steps (default: --epochs over the train set).")
+@click.option("--epochs", type=float, help="Passes over the train set (default: the task's, 3; CSL 5).")
 @click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
-@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--lr", help="Peak learning rate (default: 1e-4 small models, 3e-5 base-size); several, "
+              "comma-separated (2e-5,5e-5,1e-4), run a sweep that keeps the best on dev.")
+@click.option("--teacher-run", help="Distil a fine-tuned teacher's soft labels on the task (its `edgekit finetune` "
+              "run directory or checkpoint); its logits are cached.")
 @click.option("--eval-every", type=int, help="Evaluate on dev every N steps (and at the end).")
+@click.option("--late-interaction", is_flag=True,
+              help="Train for multi-segment late interaction (examples are lists of segments; default 3 late layers).")
+@click.option("--late-layers", type=int, help="Layers that run per request over all segments (implies --late-interaction).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any recipe key, e.g. train.lr=1e-4 or finetune.freeze_embeddings=true.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field, label_field, out, early_exit,
-             max_steps, batch_size, lr, eval_every, sets, resume, overwrite):
+             max_steps, epochs, batch_size, lr, teacher_run, eval_every, late_interaction, late_layers, sets, resume,
+             overwrite):
     """Fine-tune on a classification task, with the accumulated early-exit loss for students."""
     from edgekit.finetune import finetune as run_finetune, load_finetune_config
+
+    sweep = lr is not None and "," in lr  # a list of rates: finetune.lr, the sweep
 
     overrides = _overrides(sets, **{"model": model_dir, "task.name": task_name, "task.data_dir": data_dir,
                                     "task.text_field": text_field, "task.text_pair_field": text_pair_field,
                                     "task.label_field": label_field, "finetune.early_exit": early_exit,
                                     "finetune.eval_every": eval_every, "train.max_steps": max_steps,
-                                    "train.batch_size": batch_size, "train.lr": lr})
-    result = run_finetune(load_finetune_config(recipe, overrides), out, resume=resume, overwrite=overwrite,
-                          command="edgekit " + " ".join(sys.argv[1:]))
+                                    "train.batch_size": batch_size, "finetune.lr" if sweep else "train.lr": lr,
+                                    "train.epochs": epochs, "finetune.teacher_run": teacher_run,
+                                    "late_interaction.late_layers": late_layers})
+    cfg = load_finetune_config(recipe, overrides)
+    if late_interaction and cfg.late_interaction.late_layers is None:
+        cfg.late_interaction.late_layers = 3  # the paper's L - L' = 3 (Table 6's better row)
+    result = run_finetune(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
     if result.get("interrupted"):
         click.echo(f"stopped at step {result['step']}; continue with --resume")
         return
     per_exit = ", ".join(f"{100 * a:.1f}" for a in result["dev_accuracy_per_exit"])
-    click.echo(f"{result['task']}: dev accuracy {100 * result['dev_accuracy']:.2f}% (per exit: {per_exit}); "
-               f"model: {result['model_dir']}")
+    click.echo(f"{result['task']}: dev accuracy {100 * result['dev_accuracy']:.2f}% (per exit: {per_exit}"
+               + (f"; kept lr {result['lr']:g} of the sweep" if result.get("sweep") else "")
+               + f"); model: {result['model_dir']}")
 
 
 @app.command("tune")
@@ -361,14 +386,18 @@ def predict(model, texts, exit_layer, patience, entropy, max_length, as_json):
               "or of a generic jsonl/json/csv --task.")
 @click.option("--text-pair-field", help="Second text field of a pair --task.")
 @click.option("--label-field", help="Label field of a generic --task (default: label).")
-@click.option("--pack", is_flag=True, help="Also write BUNDLE.edgepack, the small download edgekit_device.unpack restores.")
-@click.option("--pack-codec", type=click.Choice(["xz", "zlib"]), default="xz", show_default=True,
-              help="xz: smallest; zlib: read natively by Java (Inflater) and browsers (DecompressionStream).")
+@click.option("--pack", is_flag=True, help="Also write BUNDLE.edgepack, the small download the phone app, the browser "
+              "demo and edgekit_device.unpack read.")
+@click.option("--pack-codec", type=click.Choice(["xz", "zlib"]), default="zlib", show_default=True,
+              help=PACK_CODEC_HELP)
 @click.option("--min-agreement", type=float, help="Share of the parity inputs on which every exit must predict PyTorch's "
               "class (default: 0.999 for fp32, 0.98 for int8).")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.option("--accuracy-aware", type=float, is_flag=False, flag_value=0.99, default=None,
+              help="Dynamic int8 ONNX: Neural Compressor keeps modules in float, head first, until every exit agrees "
+                   "with the float model on this share of the calibration (else parity) texts (bare flag: 0.99).")
 def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_name, data_dir, samples, text_field,
-           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite):
+           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite, accuracy_aware):
     """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch.
 
     MODEL_DIR: a fine-tuned checkpoint, or the `edgekit finetune` run directory that wrote it."""
@@ -394,7 +423,7 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_
     path = export_model(model_dir, out, format=fmt, int8=False if int8 == "none" else int8, exit_layer=exit_layer, max_length=max_length,
                         sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
                         pack_codec=pack_codec, min_agreement=min_agreement, sample_source=sample_source,
-                        overwrite=overwrite)
+                        overwrite=overwrite, accuracy_aware=False if accuracy_aware is None else accuracy_aware)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
     exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
@@ -423,6 +452,27 @@ def bundle_check(bundle_dir):
     m = b.manifest
     click.echo(f"ok: {b.path}: {m['format']} {m['precision']} {m['layout']}, exits {b.exit_layers[0]}..{b.exit_layers[-1]}, "
                f"{len(m['files'])} files verified")
+
+
+@bundle.command("pack")
+@click.argument("bundle_dir", type=click.Path())
+@click.option("--out", type=click.Path(), help="The packed file (default: BUNDLE_DIR.edgepack beside the directory).")
+@click.option("--codec", type=click.Choice(["xz", "zlib"]), default="zlib", show_default=True, help=PACK_CODEC_HELP)
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+def bundle_pack(bundle_dir, out, codec, overwrite):
+    """Pack a checked bundle into one .edgepack (e.g. to repack an xz pack as zlib for the phone or browser)."""
+    from pathlib import Path
+
+    from edgekit_device import load_bundle, pack
+
+    from edgekit.export import packed_path
+
+    _not_packed(bundle_dir)
+    load_bundle(bundle_dir)  # a pack of a broken bundle would only fail on the device
+    target = Path(out) if out else packed_path(Path(bundle_dir))
+    result = pack(bundle_dir, target, codec=codec, overwrite=overwrite)
+    click.echo(f"packed {bundle_dir} into {target} ({result['packed_bytes']:,} bytes, {codec}; "
+               f"{result['dense_bytes']:,} bytes unpacked)")
 
 
 @bundle.command("unpack")
@@ -532,12 +582,55 @@ def demo():
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 def demo_web(bundle, port, host):
-    """Serve the browser demo (onnxruntime-web) of the ONNX bundle BUNDLE on a local HTTP server."""
+    """Serve the browser demo (onnxruntime-web) of the ONNX bundle BUNDLE (a directory, or its zlib
+    .edgepack, which the page downloads and decodes itself) on a local HTTP server."""
     from edgekit.demo import serve_web
 
-    _not_packed(bundle)
     serve_web(bundle, port=port, host=host,
               ready=lambda url: click.echo(f"serving {bundle} at {url} (open it in a browser; Ctrl+C stops)"))
+
+
+@app.command("serve")
+@click.argument("model", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (the default answers this machine only).")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on (0: any free port).")
+@click.option("--cache", default="lru", show_default=True, metavar="lru|redis://HOST:PORT/DB",
+              help="Segment cache: in this process (lru), or a Redis shared by workers and replicas.")
+@click.option("--cache-bytes", default="256M", show_default=True, help="The lru cache's size limit, e.g. 512M or 2G.")
+@click.option("--max-batch", default=32, show_default=True, type=int, help="Requests interacted in one model call.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=float,
+              help="How long a request waits for others to batch with.")
+@click.option("--max-queue", default=256, show_default=True, type=int,
+              help="Requests allowed to wait; beyond that the server answers 503 (retry later).")
+@click.option("--max-body-bytes", default="1M", show_default=True, help="Largest request body (413 beyond).")
+@click.option("--max-segment-chars", default=2000, show_default=True, type=int,
+              help="Longest segment in characters (422 beyond).")
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes on this machine.")
+@click.option("--ray", is_flag=True, help="Run the replicas through Ray Serve (pip install 'edgekit[serve]').")
+@click.option("--replicas", default=1, show_default=True, type=int, help="Ray Serve replicas (with --ray).")
+@click.option("--late-layers", type=int,
+              help="Split a plain classifier checkpoint with this many late layers (untrained segment embedding: "
+                   "for timing only).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              help="How much the server logs (uvicorn's access log and edgekit's cache outages).")
+def serve_cmd(model, host, port, cache, cache_bytes, max_batch, max_wait_ms, max_queue, max_body_bytes,
+              max_segment_chars, workers, ray, replicas, late_layers, log_level):
+    """Serve the late-interaction model MODEL over HTTP: a checkpoint (PyTorch) or an exported bundle (no torch).
+
+    POST /predict {"segments": [...]}, POST /predict/batch {"requests": [{"segments": [...]}, ...]},
+    GET /health, GET /metrics (Prometheus). Segments seen before are read from the cache instead of
+    being encoded again."""
+    from edgekit.serve import ServeConfig, serve
+    from edgekit.serve.cache import parse_bytes
+
+    config = ServeConfig(host=host, port=port, cache=cache, cache_bytes=parse_bytes(cache_bytes, "--cache-bytes"),
+                         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_body_bytes=parse_bytes(max_body_bytes, "--max-body-bytes"),
+                         max_segment_chars=max_segment_chars, workers=workers, ray=ray, replicas=replicas,
+                         late_layers=late_layers, log_level=log_level)
+    serve(model, config)
 
 
 @app.group()

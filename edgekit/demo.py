@@ -6,7 +6,9 @@ out files, and only three kinds of them:
 - ``/`` and the page's own files (``PAGE_FILES`` in ``web_demo/``);
 - ``/ort/NAME``: the files of onnxruntime-web's ``dist/`` (installed by ``npm ci --prefix web_demo``),
   so nothing is fetched from a CDN;
-- ``/bundle/manifest.json`` and ``/bundle/NAME`` for each file the manifest lists.
+- ``/bundle/manifest.json`` and ``/bundle/NAME`` for each file the manifest lists; or, for a
+  packed bundle (``BUNDLE.edgepack``, zlib), only ``/bundle.edgepack``, which the page downloads
+  and decodes itself (the URL carries ``?pack=bundle.edgepack``).
 
 Everything else is 404. The bundle is validated with ``edgekit_device`` (structure, sizes and
 sha256 of every file) before the server starts. Torch is not imported.
@@ -48,13 +50,39 @@ def mime_type(name: str) -> str:
     return MIME_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
 
 
+PACK_URL_NAME = "bundle.edgepack"
+
+
+def is_pack(path) -> bool:
+    from edgekit_device.pack import MAGIC
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def load_web_bundle(bundle) -> dict:
-    """The manifest of ``bundle`` after ``edgekit_device`` validated it (every file's sha256 too);
-    a ``UserError`` for a missing, invalid or non-ONNX bundle."""
+    """The manifest of ``bundle`` (a directory, or a packed bundle the page will decode) after
+    ``edgekit_device`` validated it (every file's sha256 too); a ``UserError`` for a missing,
+    invalid or non-ONNX bundle, or a pack the browser cannot decode."""
+    import tempfile
+
     import edgekit_device
+    from edgekit_device.pack import read_pack
 
     try:
-        loaded = edgekit_device.load_bundle(bundle)
+        if is_pack(bundle):
+            header, _ = read_pack(bundle)
+            if any(s["codec"] != "zlib" for s in header["streams"]):
+                raise UserError(f"'{bundle}' is compressed with xz, and the browser decodes zlib packs; pack it again "
+                                f"with `edgekit bundle unpack {bundle} --out DIR` and `edgekit bundle pack DIR --codec "
+                                "zlib`.")
+            with tempfile.TemporaryDirectory(prefix="edgekit-demo-") as tmp:
+                loaded = edgekit_device.load_bundle(edgekit_device.unpack(bundle, Path(tmp) / "bundle"))
+        else:
+            loaded = edgekit_device.load_bundle(bundle)
     except edgekit_device.BundleError as e:
         raise UserError(str(e)) from None
     manifest = loaded.manifest
@@ -101,6 +129,8 @@ class DemoHandler(BaseHTTPRequestHandler):
         if parts[0] == "ort" and len(parts) == 2:
             target = self.server.web_root / ORT_DIST / parts[1]
             return target if target.is_file() else None
+        if self.server.pack is not None:
+            return self.server.pack if parts == [PACK_URL_NAME] else None
         if parts[0] == "bundle" and len(parts) >= 2:
             name = "/".join(parts[1:])
             if name == "manifest.json" or name in self.server.bundle_files:
@@ -150,6 +180,7 @@ class DemoServer(ThreadingHTTPServer):
     def __init__(self, address, bundle: Path, manifest: dict, web_root: Path, verbose: bool = False):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        self.pack = bundle if is_pack(bundle) else None  # served whole; the page unpacks it
         self.bundle = bundle
         self.bundle_files = frozenset(manifest["files"])
         self.web_root = web_root
@@ -163,7 +194,8 @@ class DemoServer(ThreadingHTTPServer):
             host = "127.0.0.1"
         elif host == "::":
             host = "::1"
-        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        query = f"?pack={PACK_URL_NAME}" if self.pack is not None else ""
+        return (f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/") + query
 
 
 def make_server(bundle, port: int = 8000, host: str = "127.0.0.1", web_root=None, verbose: bool = False) -> DemoServer:

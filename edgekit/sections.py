@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 # first combined recipes did); each stage command skips the ones it does not read, and any other
 # unknown key stays an error. A new stage adds its section names here.
 STAGE_SECTIONS = ("teacher", "student", "vocab", "distill", "prune", "early_exit", "finetune", "quantize", "export",
-                  "eval", "tasks", "pipeline", "compare", "tune")
+                  "eval", "tasks", "pipeline", "compare", "tune", "late_interaction")
 
 
 @dataclass
@@ -34,3 +34,12 @@ class DistillSection:
     method: str = "minilmv2"              # minilmv2 (Q-Q, K-K, V-V relations) or minilmv1
     relation_heads: int | None = None     # default: a head count that divides both hidden sizes
     student_layer: int = -1
+
+
+@dataclass
+class LateInteractionSection:
+    """Multi-segment late interaction (``edgekit.late_interaction``), read by finetune and served models."""
+
+    late_layers: int | None = None     # L - L', the layers that run per request; None: off (the paper: 1 to 3)
+    max_segments: int = 16             # segments per example (the segment embedding's rows); extras join the last
+    max_segment_tokens: int = 64       # tokens per segment, [CLS] and [SEP] included; longer text is truncated

@@ -23,6 +23,13 @@ what ships. Any other set: ``task="jsonl"``, ``"json"`` or ``"csv"`` with ``text
 paths). A ``.json``/``.jsonl`` file holds JSON lines (one object per line) or one JSON array of
 objects; a ``.csv`` file has a header row naming the fields.
 
+Segments (late interaction, ``edgekit.late_interaction``): ``load_task(..., segmented=True)`` also
+gives every example as a list of text segments (``Split.segments``). The built-in segmenters:
+CSL = each keyword, then the abstract; TNEWS = the title, then each keyword (``keywords``, comma
+separated); IFLYTEK = the sentences of the description (split after 。！？!?；;). A generic
+``jsonl``/``json`` set reads a list-valued field, ``segments`` unless ``text_field`` names another.
+``texts`` then holds the segments joined with ``PAIR_SEPARATOR``, for reference.
+
 Splits: a task has ``train`` and ``dev`` (the best checkpoint is chosen on dev) and may have a
 labelled ``test`` split (``test_file``; built in for ``sentiment``), which is what a result that
 claims to be held out reports (``load_split``, ``edgekit eval --split test``).
@@ -38,6 +45,7 @@ import csv
 import io
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +66,7 @@ class Split:
     texts: list[str]                   # one text per example (pairs already joined)
     labels: list[int]
     pairs: list[str] | None = None     # the second texts, kept for reference
+    segments: list[list[str]] | None = None  # each example's text segments (load_task(segmented=True))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -96,6 +105,10 @@ class TaskSpec:
     labels: tuple[str, ...] | None = None      # fixed label set when there is no labels.json
     join_list: str | None = None               # join a list-valued text field with this separator
     build: Callable[[dict], str] | None = None  # the text from the whole line (tasks with structured fields)
+    segment: Callable[[dict], list[str]] | None = None  # the segments from the whole line (late interaction)
+    # fine-tuning defaults of CLUE's own baselines (edgekit/finetune/schedule.py): tokens kept, epochs
+    max_length: int = 128
+    epochs: int = 3
 
 
 def mark_wsc_spans(obj: dict) -> str:
@@ -115,10 +128,31 @@ def mark_wsc_spans(obj: dict) -> str:
     return text
 
 
+def csl_segments(obj: dict) -> list[str]:
+    """CSL: each keyword a segment, then the abstract."""
+    return [*(str(k) for k in obj["keyword"] if str(k).strip()), str(obj["abst"])]
+
+
+def tnews_segments(obj: dict) -> list[str]:
+    """TNEWS: the title, then each keyword (the ``keywords`` field is comma separated; it may be empty)."""
+    return [str(obj["sentence"]), *(k.strip() for k in str(obj.get("keywords", "")).split(",") if k.strip())]
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
+
+
+def iflytek_segments(obj: dict) -> list[str]:
+    """IFLYTEK: the sentences of the app description, split after 。！？!?；; (a text without one: itself)."""
+    parts = [s.strip() for s in _SENTENCE_END.split(str(obj["sentence"])) if s.strip()]
+    return parts or [str(obj["sentence"])]
+
+
 TASKS: dict[str, TaskSpec] = {
-    "tnews": TaskSpec(text="sentence"),
-    "iflytek": TaskSpec(text="sentence"),
-    "csl": TaskSpec(text="keyword", pair="abst", labels=("0", "1"), join_list="，"),
+    "tnews": TaskSpec(text="sentence", segment=tnews_segments),
+    "iflytek": TaskSpec(text="sentence", segment=iflytek_segments),
+    # keywords first: truncating to max_length cuts the abstract's tail, never the keywords
+    "csl": TaskSpec(text="keyword", pair="abst", labels=("0", "1"), join_list="，", segment=csl_segments,
+                    max_length=256, epochs=5),
     "afqmc": TaskSpec(text="sentence1", pair="sentence2", labels=("0", "1")),
     "ocnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
     "cmnli": TaskSpec(text="sentence1", pair="sentence2", labels=("neutral", "entailment", "contradiction")),
@@ -208,14 +242,41 @@ def _labels_json(data_dir: Path) -> tuple[list[str], list[str]] | None:
     return labels, descs
 
 
-def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int], labelled: bool = True) -> Split:
+def _segments_of(where: str, obj: dict, spec: TaskSpec) -> list[str]:
+    """One example's segments: the task's segmenter, or the list-valued text field (generic sets)."""
+    if spec.segment is not None:
+        try:
+            found = spec.segment(obj)
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
+            raise UserError(f"{where} {what}; fix the line.") from None
+    else:
+        found = obj[spec.text]
+        if isinstance(found, str):
+            found = [found]
+        if not isinstance(found, list) or not all(isinstance(x, str) for x in found):
+            raise UserError(f"{where}: field '{spec.text}' must be a list of strings (the example's segments), got "
+                            f"{type(found).__name__}; write each example as {{\"{spec.text}\": [\"...\", ...], "
+                            "\"label\": ...}.")
+    found = [s for s in found if s.strip()]
+    if not found:
+        raise UserError(f"{where} has no non-empty segment; give every example at least one segment of text.")
+    return found
+
+
+def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int], labelled: bool = True,
+           segmented: bool = False) -> Split:
     texts, pairs, labels = [], [] if spec.pair else None, []
+    segments = [] if segmented else None
     for where, obj in rows:
         for fld in (spec.text, spec.pair, spec.label if labelled else None):
             if fld and fld not in obj:
                 raise UserError(f"{where} has no field '{fld}' (it has: {', '.join(map(str, list(obj)[:8]))}); "
                                 "pass --text-field/--text-pair-field/--label-field with the names this file uses.")
-        if spec.build is not None:
+        if segmented:
+            segments.append(_segments_of(where, obj, spec))
+            text = PAIR_SEPARATOR.join(segments[-1])
+        elif spec.build is not None:
             try:
                 text = spec.build(obj)
             except (KeyError, TypeError, ValueError) as e:
@@ -237,9 +298,9 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int], labelled: bool
             labels.append(label_ids[raw])
     if not texts:
         raise UserError(f"'{path}' has no examples; an empty split cannot be trained or evaluated.")
-    if pairs is not None:
+    if pairs is not None and not segmented:
         texts = [f"{a}{PAIR_SEPARATOR}{b}" for a, b in zip(texts, pairs)]
-    return Split(texts, labels, pairs)
+    return Split(texts, labels, pairs, segments)
 
 
 def _label_order(names: set[str]) -> list[str]:
@@ -320,12 +381,17 @@ def _sentiment(seed: int = SENTIMENT_SEED) -> Task:
 
 def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair_field: str | None = None,
               label_field: str | None = None, train_file: str = "train", dev_file: str = "dev",
-              test_file: str | None = None, provenance=None) -> Task:
+              test_file: str | None = None, provenance=None, segmented: bool = False) -> Task:
     """Read a task's train and dev splits (and test, when ``test_file`` names one); labels become class ids 0..C-1.
+
+    ``segmented``: every example also as its list of segments (``Split.segments``, late interaction).
 
     ``provenance``: a file whose first paragraph becomes the task's ``note`` (default: ``PROVENANCE.md``
     in ``data_dir``, if there is one)."""
     if name == "sentiment":
+        if segmented:
+            raise UserError("the 'sentiment' task has no segments; late interaction needs csl, tnews, iflytek or a "
+                            "jsonl set whose examples have a 'segments' list.")
         task = _sentiment()
         if provenance:
             task.note = f"{task.note}; {read_provenance(provenance)}"
@@ -338,6 +404,11 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory '{data_dir}' does not exist; pass the directory that holds the task's files.")
+    if generic and segmented and name != "csv":
+        text_field = text_field or "segments"
+    if not generic and segmented and TASKS[name].segment is None:
+        raise UserError(f"task '{name}' has no built-in segmenter; late interaction needs csl, tnews, iflytek or a "
+                        "jsonl set whose examples have a 'segments' list.")
     if generic:
         if not text_field:
             raise UserError(f"task '{name}' needs --text-field (and --label-field if it is not 'label').")
@@ -345,7 +416,8 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     else:
         base = TASKS[name]
         spec = TaskSpec(text=text_field or base.text, pair=text_pair_field or base.pair, label=label_field or base.label,
-                        labels=base.labels, join_list=base.join_list, build=None if text_field else base.build)
+                        labels=base.labels, join_list=base.join_list, build=None if text_field else base.build,
+                        segment=None if text_field else base.segment)
     reader, suffixes = (_read_csv_records, (".csv",)) if name == "csv" else (_read_json_records, (".json", ".jsonl"))
 
     def path_of(stem: str) -> Path:
@@ -371,20 +443,20 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     test = None
     if test_file:
         test_path = path_of(test_file)
-        test = _split(reader(test_path), test_path, spec, ids)
-    return Task(name, labels, _split(train_rows, train_path, spec, ids), _split(dev_rows, dev_path, spec, ids), descs,
-                _provenance(data_dir, provenance), test)
+        test = _split(reader(test_path), test_path, spec, ids, segmented=segmented)
+    return Task(name, labels, _split(train_rows, train_path, spec, ids, segmented=segmented),
+                _split(dev_rows, dev_path, spec, ids, segmented=segmented), descs, _provenance(data_dir, provenance), test)
 
 
 def load_split(name: str, split: str = "dev", data_dir=None, text_field: str | None = None,
                text_pair_field: str | None = None, label_field: str | None = None, test_file: str | None = None,
-               provenance=None) -> tuple[Task, Split]:
+               provenance=None, segmented: bool = False) -> tuple[Task, Split]:
     """The task and one of its splits: ``train``, ``dev``, ``test``, or (file tasks) any file stem in ``data_dir``.
 
     ``test`` is the task's own test split when it has one (``sentiment``; ``test_file``), else the
     file ``test`` in ``data_dir``."""
     kw = dict(data_dir=data_dir, text_field=text_field, text_pair_field=text_pair_field, label_field=label_field,
-              provenance=provenance)
+              provenance=provenance, segmented=segmented)
     if name == "sentiment":
         task = load_task(name, **kw)
         return task, task.split(split)

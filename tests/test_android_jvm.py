@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -139,14 +140,101 @@ def bundles(checkpoint, mean_checkpoint, tmp_path_factory) -> dict:
     return made
 
 
+PACKED = ("onnx-per-layer", "tflite-per-layer")  # loaded on the JVM from their .edgepack, as the app does
+
+
+def _edit_pack(blob: bytes, edit) -> bytes:
+    """``blob`` with its header (and payload) replaced by ``edit(header, payload)``."""
+    size = struct.unpack_from("<I", blob, 8)[0]
+    header, payload = edit(json.loads(blob[12:12 + size]), blob[12 + size:])
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return blob[:8] + struct.pack("<I", len(raw)) + raw + payload
+
+
+def _bad_packs(bundle_dir: Path, pack: Path, out: Path) -> list[dict]:
+    """Packs the Java core must refuse, each with the fragment its message must contain."""
+    import edgekit_device
+
+    blob = pack.read_bytes()
+    size = struct.unpack_from("<I", blob, 8)[0]
+    flipped = bytearray(blob)
+    flipped[12 + size + (len(blob) - 12 - size) * 2 // 3] ^= 0x55
+
+    def whole(header):
+        return next(f for f in header["files"] if f["encoding"] == "whole")
+
+    def rename(h, p):
+        whole(h)["name"] = "../labels.json"
+        return h, p
+
+    def bomb(h, p):
+        entry = whole(h)
+        entry["bytes"] = h["streams"][entry["stream"]]["raw_bytes"] = 1 << 30
+        return h, p
+
+    def reuse(h, p):
+        first, second = [f for f in h["files"] if f["encoding"] == "whole"][:2]
+        second["stream"] = first["stream"]
+        return h, p
+
+    def gap(h, p):
+        h["streams"][-1]["offset"] += 1
+        return h, p
+
+    def version(h, p):
+        return {**h, "version": 2}, p
+
+    cases = [("flipped payload byte", bytes(flipped), "corrupted"),
+             ("truncated", blob[:-16], "malformed"),
+             ("not a pack", (bundle_dir / "manifest.json").read_bytes(), "not a packed edgekit bundle"),
+             ("name outside the bundle", _edit_pack(blob, rename), "outside a plain relative path"),
+             ("decompression bomb", _edit_pack(blob, bomb), "more than this app accepts"),
+             ("stream used twice", _edit_pack(blob, reuse), "reuses stream"),
+             ("gap between streams", _edit_pack(blob, gap), "malformed"),
+             ("unknown version", _edit_pack(blob, version), "pack version 2 is not supported")]
+    files = []
+    for i, (what, data, expect) in enumerate(cases):
+        path = out / f"bad-{i}.edgepack"
+        path.write_bytes(data)
+        files.append({"what": what, "file": path, "expect": expect})
+    # xz: the Python runtime reads it, the phone and the browser do not; the message says how to repack.
+    edgekit_device.pack(bundle_dir, out / "xz.edgepack", codec="xz")
+    files.append({"what": "xz codec", "file": out / "xz.edgepack", "expect": "this app reads zlib packs"})
+    # Consistent with its own header, not with manifest.json: a file changed after export.
+    edited = out / "edited-bundle"
+    shutil.copytree(bundle_dir, edited)
+    labels = (edited / "labels.json").read_text(encoding="utf-8")
+    (edited / "labels.json").write_text(labels.replace(LABELS[0], "sports"), encoding="utf-8")  # same byte count
+    edgekit_device.pack(edited, out / "edited.edgepack", codec="zlib")
+    files.append({"what": "file changed after export", "file": out / "edited.edgepack",
+                  "expect": "'labels.json' does not match its sha256 in manifest.json"})
+    return files
+
+
 @pytest.fixture(scope="module")
-def goldens(bundles, unigram_tokenizer, extra_tokenizer, tmp_path_factory) -> Path:
+def packs(bundles, tmp_path_factory) -> dict:
+    """zlib packs of the PACKED bundles (the format the phone reads)."""
+    import edgekit_device
+
+    out = tmp_path_factory.mktemp("packs")
+    made = {}
+    for name in PACKED:
+        if name in bundles:
+            made[name] = out / f"{name}.edgepack"
+            edgekit_device.pack(bundles[name], made[name], codec="zlib")
+    return made
+
+
+@pytest.fixture(scope="module")
+def goldens(bundles, packs, unigram_tokenizer, extra_tokenizer, tmp_path_factory) -> Path:
     from make_goldens import write_goldens
 
     wordpiece = bundles["onnx-per-layer"] / "device_tokenizer.json"
-    return write_goldens(tmp_path_factory.mktemp("goldens") / "goldens.json", bundles,
+    out = tmp_path_factory.mktemp("goldens")
+    bad = _bad_packs(bundles["onnx-per-layer"], packs["onnx-per-layer"], out)
+    return write_goldens(out / "goldens.json", bundles,
                          {"wordpiece": wordpiece, "unigram-e5-trimmed": unigram_tokenizer,
-                          "unigram-extra-entries": extra_tokenizer})
+                          "unigram-extra-entries": extra_tokenizer}, packs=packs, bad_packs=bad)
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +256,26 @@ def test_core_has_no_android_imports():
     assert not offenders, f"the core must stay plain Java: {offenders}"
 
 
+def test_app_opens_bundles_through_the_entries_the_jvm_test_drives():
+    """The app cannot be built here (no Android SDK): at least its use of the core is the tested one."""
+    app = (APP / "app/src/main/java/io/edgekit/demo/AssetBundleFiles.java").read_text(encoding="utf-8")
+    activity = (APP / "app/src/main/java/io/edgekit/demo/MainActivity.java").read_text(encoding="utf-8")
+    golden = (CORE / "test/java/io/edgekit/core/GoldenTest.java").read_text(encoding="utf-8")
+    assert 'Bundle.loadPacked(pack, "assets/" + PACK)' in app and "Bundle.load(new AssetBundleFiles(" in app
+    assert "AssetBundleFiles.open(getAssets(), BUNDLE_ASSETS)" in activity and "Bundle.load(" not in activity
+    assert "Bundle.loadPacked(pack, packFile)" in golden and "Bundle.load(new BundleFiles.Directory(dir), true)" in golden
+
+
+@pytest.fixture(scope="module")
+def java_run(classes, goldens) -> subprocess.CompletedProcess:
+    """GoldenTest run once on the goldens; the tests below read its report."""
+    return subprocess.run(["java", "-cp", str(classes), "io.edgekit.core.GoldenTest", str(goldens)],
+                          capture_output=True, text=True, timeout=300)
+
+
 @needs_jdk
-def test_java_core_matches_reference_runtime(classes, goldens, bundles):
-    result = subprocess.run(["java", "-cp", str(classes), "io.edgekit.core.GoldenTest", str(goldens)],
-                            capture_output=True, text=True, timeout=300)
+def test_java_core_matches_reference_runtime(java_run, bundles):
+    result = java_run
     print(result.stdout)
     assert result.returncode == 0, (f"Java core disagrees with edgekit_device:\n{result.stdout[-6000:]}\n"
                                     f"{result.stderr[-3000:]}")
@@ -182,6 +286,23 @@ def test_java_core_matches_reference_runtime(classes, goldens, bundles):
     for name in bundles:
         assert f"bundle {name} " in result.stdout
     assert "bundle onnx-per-layer-mean (onnx, per-layer, mean pooling" in result.stdout
+
+
+@needs_jdk
+def test_java_core_decodes_packed_bundles(java_run, goldens, packs):
+    """The app's entry (Bundle.loadPacked) decodes the zlib .edgepack bit-exactly, and the replayed
+    predictions above ran on the bundle decoded from it; every bad pack is refused with its reason."""
+    result = java_run
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    data = json.loads(goldens.read_text(encoding="utf-8"))
+    for name in packs:
+        files = len(json.loads((Path(next(b["dir"] for b in data["bundles"] if b["name"] == name))
+                                / "manifest.json").read_text(encoding="utf-8"))["files"]) + 1
+        assert f"pack {name}: {packs[name].stat().st_size} bytes decode to {files}/{files} files identical" \
+            in result.stdout, result.stdout
+        assert f"bundle {name} from its .edgepack (" in result.stdout
+    bad = len(data["bad_packs"])
+    assert bad >= 10 and f"bad packs: {bad}/{bad} refused with the expected reason" in result.stdout
 
 
 @needs_jdk

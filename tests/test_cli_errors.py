@@ -10,8 +10,40 @@ from conftest import ROOT, tiny_distill_overrides
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    """``edgekit ARGS`` in this process (a subprocess costs seconds of imports per call); returns what a
+    subprocess run would: returncode, stdout, stderr. An exception escaping ``main`` is what a user would see as
+    a traceback, so it is reported as one. ``test_cli_py_run_as_a_process_prints_one_line`` keeps one real process."""
+    import contextlib
+    import io
+    import os
+    import traceback
+
+    from edgekit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception as e:  # noqa: BLE001
+                err.write("Traceback (in process):\n" + "".join(traceback.format_exception(e)))
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["edgekit", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def test_cli_py_run_as_a_process_prints_one_line(tmp_path, tiny_corpus):
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "distill", "--teacher", str(tmp_path / "nope"),
+                           "--corpus", str(tiny_corpus), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert_clean_error(proc, r"teacher directory '.*nope' does not exist")
 
 
 def assert_clean_error(proc, pattern):

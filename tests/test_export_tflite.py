@@ -139,19 +139,24 @@ def test_dynamic_int8_agrees_with_torch(exports, data, name):
 def test_full_int8_agrees_with_torch(exports, data, name):
     for k, value in tflite_logits(exports[name], data["ids"], data["mask"]).items():
         a = agreement(data["reference"][k - 1], value)
-        # int8 activations everywhere (LayerNorm included): measured argmax 1.0, centred cosine
-        # >= 0.994, max |Δ| <= 0.017 (per-layer exit 1: the head shares one input scale across depths)
+        # int8 activations at every FULLY_CONNECTED, LayerNorm/softmax/GELU in float (the default
+        # int8_ops); the all-int8 graphs measured argmax 1.0, centred cosine >= 0.994, max |Δ| <= 0.017
         assert a["argmax_agreement"] >= 0.95 and a["cosine"] >= 0.98 and a["max_abs_error"] < 0.03, (k, a)
 
 
 def test_int8_exports_store_int8_weights_and_are_smaller(exports):
-    fp32, dynamic, full = (sum(map(len, _graph_bytes(exports[n]))) for n in ("fixed3", "fixed3-dynamic", "fixed3-full"))
+    # Stored constants, not file sizes: at this size the file is mostly tensor names, and full int8
+    # adds a named QUANTIZE / DEQUANTIZE tensor around every FULLY_CONNECTED.
+    fp32, dynamic, full = (sum(w.values.nbytes for data in _graph_bytes(exports[n]) for w in weight_tensors(data))
+                           for n in ("fixed3", "fixed3-dynamic", "fixed3-full"))
     assert dynamic < 0.8 * fp32 and full < 0.8 * fp32
     for name in ("fixed3-dynamic", "fixed3-full"):
         matrices = [w for w in weight_tensors(_graph_bytes(exports[name])[0]) if len(w.shape) == 2 and min(w.shape) > 3]
         assert matrices and all(w.dtype == "INT8" for w in matrices), [(w.name, w.dtype) for w in matrices]
     io = exports["fixed3-full"].metadata["graphs"]["model"]
-    assert io["outputs"][0]["dtype"] == "int8" and io["outputs"][0]["quantization"]["scale"] > 0
+    # int8 activations only around each FULLY_CONNECTED (test_tflite_int8_speed.py): the logits leave
+    # the classifier through a DEQUANTIZE, so the graph's output is float32
+    assert io["outputs"][0]["dtype"] == "float32" and io["outputs"][0]["quantization"] is None
 
 
 @pytest.mark.parametrize("name", ["fixed3", "fixed3-dynamic", "fixed3-full", "layers-dynamic", "layers-full"])

@@ -38,7 +38,8 @@ def tiny_recipe(teacher, corpus, reviews, references=("teacher", "dense", "basel
                   "train": {**train, "max_steps": 8, "lr": 1e-3}},
         "finetune": {"finetune": {"eval_every": 10}, "train": {**train, "max_steps": 20, "lr": 3e-3}},
         "teacher_finetune": {"train": {"lr": 1e-3}},
-        "export": {"format": "onnx", "int8": "dynamic", "pack": True, "parity_examples": 16},
+        # phone: none keeps the reruns here cheap; the CLI test below makes the TFLite phone bundle
+        "export": {"format": "onnx", "int8": "dynamic", "pack": True, "parity_examples": 16, "phone": "none"},
     }
 
 
@@ -190,18 +191,24 @@ def test_edgekit_run_command_prints_the_table_and_the_bundle(tiny_teacher, tiny_
     import yaml
 
     recipe = tiny_recipe(tiny_teacher, tiny_corpus, reviews, references=())
+    recipe["export"]["phone"] = "tflite"  # the default
     recipe["pipeline"]["out"] = str(tmp_path / "run")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
     first = run_cli("run", path, "--set", "finetune.train.max_steps=8")
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "[1/6] distill: MiniLM relation distillation" in first.stdout
+    assert "[1/7] distill: MiniLM relation distillation" in first.stdout
     assert "| student, distilled + pruned | pytorch fp32 |" in first.stdout
-    assert f"bundle for the phone app (jsonl): {tmp_path / 'run' / 'export' / 'jsonl' / 'bundle'}" in first.stdout
+    assert f"bundle (jsonl, onnx int8, evaluated above): {tmp_path / 'run' / 'export' / 'jsonl' / 'bundle'}" in first.stdout
+    # The phone app's bundle: TFLite (what android_demo runs) with a zlib pack (what its core decodes).
+    phone = tmp_path / "run" / "phone" / "jsonl"
+    assert f"bundle for the phone app (jsonl): {phone / 'bundle'}  (download: {phone / 'bundle.edgepack'}" in first.stdout
+    assert json.loads((phone / "bundle" / "manifest.json").read_text())["format"] == "tflite"
+    assert b'"codec":"zlib"' in (phone / "bundle.edgepack").read_bytes()[:4096]
     checkpoint = tmp_path / "run" / "finetune" / "jsonl" / "model"
     assert f"fine-tuned checkpoint (jsonl): {checkpoint}" in first.stdout
     assert f"- jsonl: checkpoint `{checkpoint}`; bundle `" in (tmp_path / "run" / "report.md").read_text()
     second = run_cli("run", path, "--set", "finetune.train.max_steps=8")
-    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 6
+    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 7
     third = run_cli("run", path)  # the recipe's 20 steps differ from the 8 the finished stage ran
     assert_clean_error(third, r"stage 'finetune/jsonl' .* cannot be reused: its recipe changed \(train.max_steps\)")

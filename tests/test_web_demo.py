@@ -457,3 +457,137 @@ def test_page_matches_python_runtime_mean_pooling(chromium, mean_bundle, tmp_pat
     # they may all share a label).
     scores = predictor.predict(TEXTS, exit_layer=2).scores
     assert float(np.ptp(scores, axis=0).max()) > 1e-2, scores
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed download (.edgepack, zlib), decoded by the page itself
+
+
+def test_page_runs_the_packed_download(chromium, int8_bundle, tmp_path):
+    """`edgekit demo web BUNDLE.edgepack` serves only the pack; the page downloads it, decodes it
+    (DecompressionStream, sparse tensors spliced back, sha256 against the pack and the manifest) and
+    gives edgekit_device's label, exit layer and scores, as from the directory."""
+    import edgekit_device
+
+    pack = tmp_path / "int8.edgepack"
+    edgekit_device.pack(int8_bundle, pack)  # the default codec: zlib
+    predictor = edgekit_device.Predictor(int8_bundle, threads=1)
+    runs = [{"name": "packed-fixed-2", "mode": "fixed", "exit_layer": 2, "texts": TEXTS[:3]},
+            {"name": "packed-patience-1", "mode": "patience", "exit_layer": predictor.depth, "patience": 1,
+             "texts": TEXTS[3:]}]
+    report = run_page(pack, runs, tmp_path)
+    shown = report["info"]["bundle"]["download"]
+    assert "packed (.edgepack, decoded here)" in shown and "sha256 checked" in shown, shown
+    assert_page_matches(predictor, runs, report)
+
+
+def test_demo_serves_only_the_pack_and_refuses_xz(node_modules, bundle, tmp_path):
+    import edgekit_device
+
+    from edgekit.demo import start_in_thread
+
+    pack = tmp_path / "b.edgepack"
+    edgekit_device.pack(bundle, pack, codec="zlib")
+    server = start_in_thread(pack)
+    try:
+        assert server.url.endswith("/?pack=bundle.edgepack")
+        status, content_type, body = get(server.url.split("?")[0], "/bundle.edgepack")
+        assert (status, content_type, body) == (200, "application/octet-stream", pack.read_bytes())
+        for path in ("/bundle/manifest.json", "/bundle/layer.onnx", "/b.edgepack"):
+            assert get(server.url.split("?")[0], path)[0] == 404, path
+    finally:
+        server.shutdown()
+        server.server_close()
+    edgekit_device.pack(bundle, tmp_path / "x.edgepack", codec="xz")
+    assert_clean_error(run_cli("demo", "web", tmp_path / "x.edgepack", "--port", "0"),
+                       r"is compressed with xz, and the browser decodes zlib packs; pack it again")
+
+
+UNPACK_JS = """
+import { unpackEdgePack } from "%s";
+import { readFileSync } from "node:fs";
+const out = {};
+for (const file of process.argv.slice(1)) {
+  try {
+    const files = await unpackEdgePack(new Uint8Array(readFileSync(file)));
+    out[file] = {files: Object.fromEntries([...files].map(([k, v]) => [k, Buffer.from(v).toString("base64")]))};
+  } catch (e) {
+    out[file] = {error: `${e.constructor.name}: ${e.message}`};
+  }
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_js_unpack_is_bit_exact_and_refuses_bad_packs(node, int8_bundle, tmp_path):
+    """runtime.js's unpackEdgePack (Node has DecompressionStream and crypto.subtle too): every file
+    of a real pack byte for byte, and damaged or hostile packs refused with one BundleError sentence."""
+    import base64
+    import struct
+
+    import edgekit_device
+
+    good = tmp_path / "good.edgepack"
+    edgekit_device.pack(int8_bundle, good)
+    blob = good.read_bytes()
+    size = struct.unpack_from("<I", blob, 8)[0]
+    header = json.loads(blob[12:12 + size])
+
+    def with_header(h):
+        raw = json.dumps(h).encode()
+        return blob[:8] + struct.pack("<I", len(raw)) + raw + blob[12 + size:]
+
+    whole = next(i for i, f in enumerate(header["files"]) if f["encoding"] == "whole")
+    bad = {"flipped": (blob[:-40] + bytes([blob[-40] ^ 0x55]) + blob[-39:], "corrupted"),
+           "truncated": (blob[:-16], "malformed"),
+           "foreign": (b"PK\x03\x04" + blob[4:], "not a packed edgekit bundle"),
+           "escape": (with_header({**header, "files": [{**f, "name": "../x"} if i == whole else f
+                                                       for i, f in enumerate(header["files"])]}),
+                      "outside a plain relative path"),
+           "bomb": (with_header({**header, "files": [{**f, "bytes": 1 << 30} if i == whole else f
+                                                     for i, f in enumerate(header["files"])],
+                                 "streams": [{**s, "raw_bytes": 1 << 30} if i == header["files"][whole]["stream"]
+                                             else s for i, s in enumerate(header["streams"])]}),
+                    "more than this page accepts")}
+    paths = [good]
+    for name, (data, _) in bad.items():
+        (tmp_path / f"{name}.edgepack").write_bytes(data)
+        paths.append(tmp_path / f"{name}.edgepack")
+    edgekit_device.pack(int8_bundle, tmp_path / "xz.edgepack", codec="xz")
+    paths.append(tmp_path / "xz.edgepack")
+    script = UNPACK_JS % (WEB / "runtime.js").as_uri()
+    proc = subprocess.run(["node", "--input-type=module", "-e", script, *map(str, paths)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    files = result[str(good)]["files"]
+    expected = {p.name for p in int8_bundle.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert set(files) == expected
+    for name, data in files.items():
+        assert base64.b64decode(data) == (int8_bundle / name).read_bytes(), name
+    for name, (_, fragment) in bad.items():
+        error = result[str(tmp_path / f"{name}.edgepack")].get("error", "")
+        assert error.startswith("BundleError: ") and fragment in error, (name, error)
+    assert "the browser reads zlib packs" in result[str(tmp_path / "xz.edgepack")]["error"]
+
+
+def test_bundle_pack_command_writes_zlib_and_keeps_existing_files(bundle, tmp_path):
+    """`edgekit bundle pack`: zlib by default (what the page and the phone decode), a pack that
+    unpacks to the bundle, never over an existing pack without --overwrite."""
+    import edgekit_device
+    from edgekit_device.pack import read_pack
+
+    served = tmp_path / "b"
+    shutil.copytree(bundle, served)
+    proc = run_cli("bundle", "pack", served)
+    assert proc.returncode == 0, proc.stderr
+    pack = tmp_path / "b.edgepack"
+    assert f"packed {served} into {pack} (" in proc.stdout and ", zlib;" in proc.stdout
+    header, _ = read_pack(pack)
+    assert {s["codec"] for s in header["streams"]} == {"zlib"}
+    restored = edgekit_device.unpack(pack, tmp_path / "restored")
+    assert (restored / "layer.onnx").read_bytes() == (bundle / "layer.onnx").read_bytes()
+    assert_clean_error(run_cli("bundle", "pack", served), r"already exists and holds a packed bundle .* --overwrite")
+    assert_clean_error(run_cli("bundle", "pack", pack), r"is a packed bundle; restore it with `edgekit bundle unpack")
+    assert run_cli("bundle", "pack", served, "--codec", "xz", "--overwrite").returncode == 0
+    assert {s["codec"] for s in read_pack(pack)[0]["streams"]} == {"xz"}

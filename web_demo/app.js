@@ -40,7 +40,8 @@ function showBundle(p) {
     ["exits", exits],
     ["labels", p.labels.join(" · ")],
     ["tokenizer", `${m.tokenizer.type}, max ${m.max_length} tokens`],
-    ["download", `${fmtBytes(m.sizes?.dense_bytes ?? 0)} (gzip ${fmtBytes(m.sizes?.gzip_bytes ?? 0)})` +
+    ["download", (p.packBytes ? `${fmtBytes(p.packBytes)} packed (.edgepack, decoded here), ` : "") +
+      `${fmtBytes(m.sizes?.dense_bytes ?? 0)} unpacked (gzip ${fmtBytes(m.sizes?.gzip_bytes ?? 0)})` +
       (p.verifiedFiles.length ? `, sha256 checked` : "")],
   ];
   const dl = $("bundle-info");
@@ -158,9 +159,12 @@ async function main() {
   $("engine").textContent = `onnxruntime-web ${ort.env.versions?.web ?? ""} (wasm, 1 thread)`;
   try {
     const t0 = performance.now();
-    predictor = await WebPredictor.load(ort, new URL("bundle/", location.href), {
-      onProgress: (what) => setStatus(`Loading ${what}…`),
-    });
+    // `?pack=NAME`: the packed download (what `edgekit demo web BUNDLE.edgepack` serves), decoded here.
+    const pack = new URLSearchParams(location.search).get("pack");
+    const onProgress = (what) => setStatus(`Loading ${what}…`);
+    predictor = pack
+      ? await WebPredictor.loadPacked(ort, new URL(pack, location.href), { onProgress })
+      : await WebPredictor.load(ort, new URL("bundle/", location.href), { onProgress });
     await predictor.predict("warm-up 预热", { mode: "fixed", exitLayer: predictor.depth }); // first run allocates
     showBundle(predictor);
     setupControls(predictor);

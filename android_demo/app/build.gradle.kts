@@ -27,7 +27,7 @@ android {
 
     androidResources {
         // Graphs are read into a direct buffer; storing them uncompressed keeps the APK's copy mappable.
-        noCompress += listOf("tflite")
+        noCompress += listOf("tflite", "edgepack")  // a pack is compressed already
     }
 }
 

@@ -15,7 +15,8 @@ recorded logits, so Python and Java decide on bit-identical logits; the Java tes
 same logits through its own ``GraphRunner``. Entropy thresholds are placed in the middle of gaps
 between observed entropies, so float rounding cannot flip a decision on either side.
 
-    python android_demo/tools/make_goldens.py OUT.json --bundle NAME=DIR ... --tokenizer NAME=FILE ...
+    python android_demo/tools/make_goldens.py OUT.json --bundle NAME=DIR ... --tokenizer NAME=FILE ... \
+        [--pack NAME=BUNDLE.edgepack ...]
 """
 
 from __future__ import annotations
@@ -268,13 +269,23 @@ def bundle_golden(name: str, bundle_dir, texts: list[str]) -> dict:
 
 
 def write_goldens(out, bundles: dict, tokenizers: dict, texts: list[str] | None = None,
-                  bundle_texts: list[str] | None = None) -> Path:
-    """Write the golden file ``out`` for ``bundles`` {name: dir} and ``tokenizers`` {name: device_tokenizer.json}."""
+                  bundle_texts: list[str] | None = None, packs: dict | None = None,
+                  bad_packs: list[dict] | None = None) -> Path:
+    """Write the golden file ``out`` for ``bundles`` {name: dir} and ``tokenizers`` {name: device_tokenizer.json}.
+
+    ``packs`` {bundle name: .edgepack of that bundle}: the Java side loads that bundle from its pack
+    (``Bundle.loadPacked``, the app's entry) and checks every decoded file against the directory.
+    ``bad_packs`` [{"file", "expect"}]: packs the Java side must refuse with a message containing
+    ``expect``."""
     texts = golden_texts() if texts is None else texts
     if bundle_texts is None:
         bundle_texts = tnews_sentences(40) + TRICKY + ["", "the same text twice", "the same text twice"]
+    packs = packs or {}
     golden = {"tokenizers": [tokenizer_golden(n, p, texts) for n, p in tokenizers.items()],
-              "bundles": [bundle_golden(n, d, bundle_texts) for n, d in bundles.items()]}
+              "bundles": [{**bundle_golden(n, d, bundle_texts),
+                           **({"pack": str(Path(packs[n]).resolve())} if n in packs else {})}
+                          for n, d in bundles.items()],
+              "bad_packs": [{**b, "file": str(Path(b["file"]).resolve())} for b in bad_packs or []]}
     out = Path(out)
     # ASCII escapes (surrogate pairs for astral characters): the Java JSON reader is tested on them too.
     out.write_text(json.dumps(golden, ensure_ascii=True), encoding="utf-8")
@@ -296,8 +307,9 @@ def main(argv=None) -> None:
     parser.add_argument("out")
     parser.add_argument("--bundle", action="append", help="NAME=DIR of a bundle (repeatable)")
     parser.add_argument("--tokenizer", action="append", help="NAME=FILE of a device_tokenizer.json (repeatable)")
+    parser.add_argument("--pack", action="append", help="NAME=FILE: the .edgepack of bundle NAME (repeatable)")
     args = parser.parse_args(argv)
-    print(write_goldens(args.out, _pairs(args.bundle), _pairs(args.tokenizer)))
+    print(write_goldens(args.out, _pairs(args.bundle), _pairs(args.tokenizer), packs=_pairs(args.pack)))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,37 @@ def _eval_checkpoint(path, texts, batch_size, max_length):
     return np.concatenate(preds, axis=1), labels, list(range(1, k + 1)), seconds, None
 
 
+def late_interaction_of(path) -> bool:
+    """Whether ``path`` (a checkpoint or bundle) is a late-interaction model, evaluated on segments."""
+    import json
+
+    bundle = is_bundle(path)
+    try:
+        data = json.loads((Path(path) / ("manifest.json" if bundle else "config.json")).read_text(encoding="utf-8"))
+        return data.get("layout") == "late-interaction" if bundle else bool(data.get("late_interaction"))
+    except (OSError, ValueError, AttributeError):
+        return False  # the loaders report a missing or damaged file in one sentence
+
+
+def _eval_segments(path, examples: list[list[str]], batch_size: int, threads):
+    """Late interaction: each distinct segment encoded once (as a server's cache would), then ``interact``."""
+    from edgekit.late_interaction import load_segment_model
+    from edgekit.late_interaction.data import fit_segments
+
+    model = load_segment_model(path, threads=threads) if is_bundle(path) else load_segment_model(path)
+    preds, cache = [], {}
+    start = time.perf_counter()
+    for s in range(0, len(examples), batch_size):
+        batch = [fit_segments(ex, model.max_segments) for ex in examples[s:s + batch_size]]  # as in training
+        new = sorted({seg for ex in batch for seg in ex if seg not in cache})
+        cache.update(zip(new, model.encode_segments(new)))
+        preds.append(model.interact([[cache[seg] for seg in ex] for ex in batch]).argmax(-1))
+    seconds = time.perf_counter() - start
+    manifest = getattr(getattr(model, "bundle", None), "manifest", None)
+    depth = manifest["exits"]["layers"][-1] if manifest else model.model.depth
+    return np.concatenate(preds)[None], list(model.labels), [depth], seconds, manifest
+
+
 def evaluate(path, task: str, data_dir=None, split: str = "dev", text_field=None, text_pair_field=None,
              label_field=None, batch_size: int = 32, max_examples: int | None = None, max_length: int | None = None,
              threads: int | None = None, test_file: str | None = None, provenance=None) -> dict:
@@ -92,10 +123,16 @@ def evaluate(path, task: str, data_dir=None, split: str = "dev", text_field=None
     from edgekit.checkpoint import resolve_model_dir
 
     p = resolve_model_dir(p, bundles=True)  # a run directory names the model or bundle it wrote
-    t, data = load_split(task, split, data_dir, text_field, text_pair_field, label_field, test_file, provenance)
+    late = late_interaction_of(p)
+    t, data = load_split(task, split, data_dir, text_field, text_pair_field, label_field, test_file, provenance,
+                         segmented=late)
     n = len(data) if max_examples is None else min(max_examples, len(data))
     texts, gold = data.texts[:n], np.array(data.labels[:n])
-    if is_bundle(p):
+    if late:
+        preds, labels, exits, seconds, manifest = _eval_segments(p, data.segments[:n], batch_size, threads)
+        kind = ("bundle (late-interaction, " + manifest["precision"] + ")") if manifest else \
+            "checkpoint (PyTorch, late-interaction)"
+    elif is_bundle(p):
         preds, labels, exits, seconds, manifest = _eval_bundle(p, texts, batch_size, threads)
         kind = f"bundle ({manifest['format']}, {manifest.get('precision', 'fp32')})"
     else:

@@ -16,7 +16,7 @@ additive float mask (plain CAST/SUB/MUL/ADD), attention is transformers' eager i
 ``max_length``, the longest input the runtime feeds.
 
 What differs between formats is a ``GraphStyle``: the padding-mask value (the dtype's minimum for
-ONNX; -1e4 for float and dynamic-int8 TFLite; -30 for full-int8 TFLite, whose attention scores
+ONNX; -1e4 for TFLite; -30 for all-int8 TFLite (``int8_ops="all"``), whose attention scores
 share one int8 scale: with -1e4 that scale is ~40 per step and every real score rounds to the same
 value, turning attention into a plain average; exp(-30) is 1e-13, so masked keys still get no
 weight) and whether the head reads [CLS] with a length-1 sequence axis (ONNX: the pooler and

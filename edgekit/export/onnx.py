@@ -10,11 +10,23 @@ minimum, and the head keeps a length-1 sequence axis (``ONNX_STYLE``).
 
 Two schemes:
 
-- ``dynamic`` (default, no data): MatMul weights int8, symmetric per tensor (zero point 0);
-  activations quantized to uint8 at run time from their own range (MatMulInteger).
+- ``dynamic`` (default, no data): MatMul weights int8, symmetric, one scale per output column
+  (zero point 0); activations quantized to uint8 at run time from their own range (MatMulInteger).
 - ``static`` (QDQ, needs calibration texts): the same int8 weights; activation ranges fixed by
   min/max calibration and stored as QuantizeLinear/DequantizeLinear pairs around each MatMul.
   The per-layer ``layer`` graph is calibrated on the hidden states of every depth it serves.
+
+Why dynamic is the default for a shared layer (``benchmarks/int8_depth.md``): the per-layer bundle
+runs one ``layer`` graph for all 24 applications, so a static scale is a constant that must cover
+the union of 24 different ranges (on the distilled paper shape the query input spans |x| <= 1.0 at
+depth 1, where it is the embedding projection, and up to 5.1 at depths 2..24). Depth 1 is then
+quantized with a step five times coarser than its own range needs: static int8 had 4-5x the hidden-state
+error of dynamic at exits 1..6 and refused predictions of its own at exit 2. Per-application static
+scales would need the depth as a graph input (a scale table) or 24 graphs; dynamic quantization
+takes each application's range at run time, which is the same thing for free. What remains is
+weight rounding, and per-column weight scales lower it (pruned, trained columns differ in range).
+LayerNorm, softmax and GELU stay float32 in both schemes (only MatMul is quantized); ``keep_float``
+leaves chosen MatMuls in float as well (``accuracy-aware`` export picks them).
 
 Shared weights: a ``fixed`` graph computes the one shared ALBERT layer k times, and the PyTorch
 exporter refers to the shared weights from layers 2..k through ``Identity`` nodes. onnxruntime
@@ -34,6 +46,7 @@ as the pruned model.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -158,6 +171,18 @@ def float_matmul_weights(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and any(root(i) in floats for i in n.input)]
 
 
+def matmul_nodes_of(path: Path, modules) -> tuple[str, ...]:
+    """Names of the MatMul nodes of the graph at ``path`` computed by the given modules, named by their
+    path below the layer or the head (``"attention/query"``, ``"ffn_output"``, ``"pooler"``, ``"project"``):
+    the TorchScript exporter names a node ``/.../<module path>/MatMul`` (``_<i>`` for later uses of
+    a shared weight), in every graph of every layout."""
+    import onnx
+
+    patterns = [re.compile("/" + re.escape(m.strip("/")) + r"/MatMul(_\d+)?$") for m in modules]
+    return tuple(n.name for n in onnx.load(str(path)).graph.node
+                 if n.op_type == "MatMul" and any(p.search(n.name) for p in patterns))
+
+
 class _Feeds:
     """onnxruntime's CalibrationDataReader over a list of feed dicts."""
 
@@ -168,9 +193,14 @@ class _Feeds:
         return next(self.feeds, None)
 
 
-def quantize_onnx(src: Path, dst: Path, scheme: str = "dynamic", calibration: list[dict] | None = None) -> Path:
+def quantize_onnx(src: Path, dst: Path, scheme: str = "dynamic", calibration: list[dict] | None = None,
+                  per_channel: bool = True, keep_float: tuple[str, ...] = ()) -> Path:
     """Write the int8 version of the float graph ``src`` to ``dst``: every MatMul weight (each use of a
-    shared one included) and every embedding table int8, each stored once."""
+    shared one included) and every embedding table int8, each stored once.
+
+    ``per_channel``: one weight scale per output column (default) instead of one per matrix.
+    ``keep_float``: names of MatMul nodes left in float32 (names absent from the graph are ignored,
+    so one list can serve the embed, layer and head graphs)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
 
@@ -183,12 +213,13 @@ def quantize_onnx(src: Path, dst: Path, scheme: str = "dynamic", calibration: li
         fold_initializer_identities(src_path, src)
         if scheme == "dynamic":
             quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             per_channel=False, extra_options=dict(_OPTIONS))
+                             per_channel=per_channel, nodes_to_exclude=list(keep_float), extra_options=dict(_OPTIONS))
         elif scheme == "static":
             if not calibration:
                 raise ValueError("static quantization needs calibration feeds")
             quantize_static(str(src), str(dst), _Feeds(calibration), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul"], per_channel=False, activation_type=QuantType.QUInt8,
+                            op_types_to_quantize=["MatMul"], per_channel=per_channel, nodes_to_exclude=list(keep_float),
+                            activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             extra_options=dict(_OPTIONS))
         else:
@@ -197,7 +228,7 @@ def quantize_onnx(src: Path, dst: Path, scheme: str = "dynamic", calibration: li
         logging.getLogger().setLevel(quiet)
         work.cleanup()
     quantize_gather_tables(dst)
-    left = float_matmul_weights(dst)
+    left = [name for name in float_matmul_weights(dst) if name not in set(keep_float)]
     if left:
         raise RuntimeError(f"int8 quantization left {len(left)} MatMul(s) on float weights: {left[:3]}")
     return dst
@@ -262,11 +293,13 @@ def export_onnx(module: nn.Module, args: tuple, path: Path, entry: dict) -> Path
 
 
 def write_onnx(model, directory: Path, layout: str, exit_layer: int, max_length: int, scheme: str | None,
-               calibration: list[tuple[np.ndarray, np.ndarray]] | None) -> tuple[dict, dict | None]:
+               calibration: list[tuple[np.ndarray, np.ndarray]] | None,
+               float_modules: tuple[str, ...] = ()) -> tuple[dict, dict | None]:
     """Write the layout's graphs of ``model`` (an export copy) into ``directory``, float32 or int8.
 
     ``scheme``: None (float32), ``"dynamic"`` or ``"static"`` (needs ``calibration``: (input_ids,
-    attention_mask) int64 batches). Returns (the manifest's ``graphs`` entry, its ``quantization``).
+    attention_mask) int64 batches). ``float_modules``: modules whose MatMuls stay float32 (``matmul_nodes_of``).
+    Returns (the manifest's ``graphs`` entry, its ``quantization``).
     """
     specs = graph_specs(model, layout, exit_layer, max_length)
     graphs = {name: module for name, (module, _, _) in specs.items()}
@@ -281,14 +314,16 @@ def write_onnx(model, directory: Path, layout: str, exit_layer: int, max_length:
                 feeds = None
                 if scheme == "static":
                     feeds = calibration_feeds(graphs, name, calibration, model.depth, MAX_CALIBRATION_LAYERS)
-                quantize_onnx(fp32, target, scheme, feeds)
+                quantize_onnx(fp32, target, scheme, feeds, keep_float=matmul_nodes_of(fp32, float_modules))
             written[name] = {"file": target.name, **entry}
     if scheme is None:
         return written, None
     return written, {
         "scheme": "dynamic" if scheme == "dynamic" else "static-qdq",
         "tool": "onnxruntime.quantization",
-        "weights": "int8, symmetric per tensor (zero point 0): MatMul weights and embedding tables",
+        "weights": ("int8, symmetric (zero point 0): MatMul weights one scale per output column, embedding "
+                    "tables one scale per table"),
+        "float_modules": list(float_modules),
         "activations": ("uint8 per tensor, range computed at run time (MatMulInteger)" if scheme == "dynamic" else
                         "uint8 per tensor, ranges from min/max calibration (QuantizeLinear/DequantizeLinear)"),
     }

@@ -83,6 +83,29 @@ def _int8_scheme(int8, calibration_texts) -> str | None:
     return int8
 
 
+def _float_modules(classifier, target, format: str, scheme, device_tokenizer, texts, max_length: int) -> tuple:
+    """The modules accuracy-aware int8 keeps in float (INC decides on ``texts``, padded to one length)."""
+    import torch
+
+    from edgekit.quantize.inc import float_modules_by_inc
+
+    if format != "onnx" or scheme != "dynamic":
+        raise UserError("--accuracy-aware applies to dynamic int8 ONNX bundles; use --format onnx --int8 dynamic.")
+    target = 0.99 if target is True else target
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target <= 1.0:
+        raise UserError(f"the accuracy-aware target must be between 0 and 1, got {target!r}.")
+    texts = [t for t in texts if t and t.strip()][:256]
+    if not texts:
+        raise UserError("--accuracy-aware needs real texts to judge int8 on: pass --task with --data-dir, "
+                        "--samples FILE or --calibration FILE.")
+    batches = []
+    for i in range(0, len(texts), 32):
+        # INC's exported graph has one static length
+        ids, mask = device_tokenizer.encode_batch(texts[i:i + 32], max_length, pad_to=max_length)
+        batches.append((torch.from_numpy(ids), torch.from_numpy(mask)))
+    return tuple(float_modules_by_inc(classifier, batches, float(target)))
+
+
 BUNDLE_KIND = "bundle"  # the marker kind of a bundle directory (edgekit_device.unpack writes the same)
 
 
@@ -98,8 +121,8 @@ def _check_pack_path(path, overwrite: bool) -> None:
 
 def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False, exit_layer: int | None = None,
                  max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
-                 pack_codec: str = "xz", min_agreement: float | None = None, sample_source: str | None = None,
-                 overwrite: bool = False) -> Path:
+                 pack_codec: str = "zlib", min_agreement: float | None = None, sample_source: str | None = None,
+                 overwrite: bool = False, accuracy_aware: bool | float = False) -> Path:
     """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
 
     Args:
@@ -117,11 +140,17 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
             ``parity.inputs`` and the failure sentence (e.g. "texts of the tnews dev split").
         calibration_texts: texts for static int8 ranges.
         pack: also write ``packed_path(out)``, the small single-file download that
-            ``edgekit_device.unpack`` restores bit-exactly.
+            ``edgekit_device.unpack``, the phone app and the browser demo restore bit-exactly.
+        pack_codec: ``zlib`` (default: what Java and browsers decode natively) or ``xz`` (smaller,
+            read only by ``edgekit_device``).
         min_agreement: argmax agreement every exit must reach (default: ``parity.MIN_AGREEMENT``
             of the precision, 0.999 for fp32 and 0.98 for int8; near-ties aside).
         overwrite: replace ``out`` (and its pack) if it is a bundle edgekit wrote earlier; a
             directory or file edgekit did not write is never replaced (``edgekit.io.check_out``).
+        accuracy_aware: ONNX dynamic int8 only: Neural Compressor's accuracy-driven tuning picks the
+            modules kept in float (``quantize.inc.float_modules_by_inc``) until every exit agrees with
+            the float model on at least this share (True: 0.99) of the calibration texts, else the
+            sample texts (then the gate judges the texts the choice was made on).
     """
     import edgekit_device
     from edgekit_device.pack import CODECS
@@ -149,6 +178,19 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
     from edgekit.checkpoint import check_model_dir, default_max_length
 
     model_dir = check_model_dir(model_dir)  # a run directory names the model it wrote
+    from edgekit.checkpoint import load_config_of
+
+    if getattr(load_config_of(model_dir), "late_interaction", None):  # two halves, run by edgekit_device.segments
+        if pack:
+            raise UserError("--pack does not support late-interaction bundles yet; export without --pack.")
+        if max_length is not None:
+            raise UserError("a late-interaction bundle's length is the checkpoint's max_segment_tokens; "
+                            "drop --max-length.")
+        from edgekit.late_interaction.export import export_late_interaction
+
+        return export_late_interaction(model_dir, out, int8=int8 if not calibration_texts else "static",
+                                       sample_texts=sample_texts or calibration_texts, overwrite=overwrite,
+                                       format=format, exit_layer=exit_layer)
     if max_length is None:  # the length every command defaults to: the one the model was fine-tuned with
         max_length = default_max_length(model_dir)
     classifier, tokenizer, labels = load_classifier(model_dir)
@@ -182,12 +224,17 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         texts = calibration_texts[:256]
         calibration = [device_tokenizer.encode_batch(texts[i:i + 4], max_length) for i in range(0, len(texts), 4)]
 
+    float_modules = ()
+    if accuracy_aware is not False and accuracy_aware is not None:
+        float_modules = _float_modules(classifier, accuracy_aware, format, scheme, device_tokenizer,
+                                       calibration_texts or sample_texts, max_length)
     model = export_copy(classifier)
     out = Path(out)
     default_exit = exit_layer or depth
     with atomic_dir(out, BUNDLE_KIND, overwrite) as tmp:
         if format == "onnx":
-            graphs, quantization = write_onnx(model, tmp, layout, default_exit, max_length, scheme, calibration)
+            graphs, quantization = write_onnx(model, tmp, layout, default_exit, max_length, scheme, calibration,
+                                              float_modules)
         else:
             graphs, quantization = _tflite_backend().write_tflite(model, tokenizer, tmp, layout, default_exit,
                                                                   max_length, scheme, calibration_texts)

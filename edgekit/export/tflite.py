@@ -11,16 +11,27 @@ the TFLite index type (litert-torch narrows int64 to int32). Token type ids are 
 single-text classification uses type 0 throughout. Signature outputs are named ``logits`` and
 ``hidden`` (the graphs return dicts: ``GraphStyle.named_outputs``).
 
-The padding-mask value is -1e4 for float and dynamic-int8 graphs and -30 for full int8
-(``tflite_style``; why in ``edgekit.export.graphs``).
+The padding-mask value is -1e4, and -30 for the all-int8 graphs of ``int8_ops="all"`` (their
+attention scores are int8; ``tflite_style``, why in ``edgekit.export.graphs``).
 
 Two int8 schemes:
 
 - ``"dynamic"``: int8 weights, per output channel, symmetric; activations stay float and the
   kernels quantize them on the fly (``recipe.dynamic_wi8_afp32``). No data needed.
-- ``"full"``: int8 weights and int8 activations (``recipe.static_wi8_ai8``), activation ranges
-  calibrated on sample inputs. The embedding table, which the static recipe leaves in float,
-  gets int8 weights as in the dynamic scheme, so the file is as small as the dynamic one.
+- ``"full"``: int8 weights and int8 activations with ranges calibrated on sample inputs, where
+  int8 is fast (``int8_ops``). The default, ``"fully-connected"``, gives every FULLY_CONNECTED
+  (all the model's weights but the embedding table) int8 inputs and outputs with static scales
+  and keeps the rest in float32: LayerNorm, softmax, GELU, the attention BATCH_MATMULs, residual
+  adds; a QUANTIZE / DEQUANTIZE pair sits around each int8 run. ``"all"`` quantizes every op
+  (``recipe.static_wi8_ai8``): an all-integer graph, for integer-only accelerators, but on CPU it
+  is slow. Measured (``benchmarks/export_latency.md``, per-op profile): XNNPACK has no int8
+  kernel for SQUARED_DIFFERENCE, RSQRT, SOFTMAX or GELU, and takes an int8 BATCH_MATMUL, ADD or
+  SUB only when its calibrated scales fall in the range its kernels accept, so the
+  decomposed LayerNorm, the attention and, at depths whose scales differ, other ops fall back
+  to TFLite's reference int8 kernels (the attention matmuls alone were a third of the time).
+  ``xnnpack_fallbacks`` lists what falls back. Either way the embedding table, which the static
+  recipe leaves in float, gets int8 weights as in the dynamic scheme, so the file is as small as
+  the dynamic one.
 
 Weights are quantized symmetrically (zero point 0), so a weight pruned to 0.0 is stored as the
 integer 0: sparsity survives quantization. ``weight_tensors`` reads the stored constants back,
@@ -46,6 +57,7 @@ from edgekit.errors import UserError
 from edgekit.export.graphs import LAYOUTS, GraphStyle, build_graphs, calibration_feeds, export_copy, graph_inputs
 
 __all__ = [
+    "FULL_INT8_OPS",
     "INT8_SCHEMES",
     "LAYOUTS",
     "TFLiteExport",
@@ -58,10 +70,13 @@ __all__ = [
     "tflite_style",
     "weight_tensors",
     "write_tflite",
+    "xnnpack_fallbacks",
 ]
 
 SIGNATURE = "serving_default"
 INT8_SCHEMES = ("dynamic", "full")
+# Where full int8 puts int8 activations (module docstring): the first is the default.
+FULL_INT8_OPS = ("fully-connected", "all")
 MASK_VALUE = -1e4
 FULL_INT8_MASK_VALUE = -30.0
 # The per-layer graphs calibrate on (text, depth) pairs; a few hundred are plenty.
@@ -70,10 +85,11 @@ MAX_CALIBRATION_SAMPLES = 256
 Feeds = Mapping[str, np.ndarray]
 
 
-def tflite_style(int8: str | None, mask_value: float | None = None) -> GraphStyle:
-    """The graphs' style for TFLite: -1e4 padding (-30 for full int8) unless ``mask_value`` is given."""
+def tflite_style(int8: str | None, mask_value: float | None = None, int8_ops: str = FULL_INT8_OPS[0]) -> GraphStyle:
+    """The graphs' style for TFLite: -1e4 padding (-30 when full int8 quantizes the attention
+    scores too, ``int8_ops="all"``) unless ``mask_value`` is given."""
     if mask_value is None:
-        mask_value = FULL_INT8_MASK_VALUE if int8 == "full" else MASK_VALUE
+        mask_value = FULL_INT8_MASK_VALUE if int8 == "full" and int8_ops == "all" else MASK_VALUE
     return GraphStyle(mask_value=mask_value, head_keeps_sequence_axis=False, static_length=True, named_outputs=True)
 
 
@@ -101,7 +117,8 @@ def _as_classifier(model) -> EarlyExitClassifier:
                     f"AlbertForSequenceClassification), got {type(model).__name__}.")
 
 
-def _check_args(classifier: EarlyExitClassifier, exit_layer, max_length, int8, layout, batch_size) -> int:
+def _check_args(classifier: EarlyExitClassifier, exit_layer, max_length, int8, layout, batch_size,
+                int8_ops=FULL_INT8_OPS[0]) -> int:
     depth = classifier.depth
     exit_layer = depth if exit_layer is None else check_layer("exit_layer", exit_layer, depth)
     limit = classifier.model.config.max_position_embeddings
@@ -110,6 +127,8 @@ def _check_args(classifier: EarlyExitClassifier, exit_layer, max_length, int8, l
                         f"got {max_length!r}.")
     if int8 is not None and int8 not in INT8_SCHEMES:
         raise UserError(f"int8 must be None (float), 'dynamic' or 'full', got {int8!r}.")
+    if int8_ops not in FULL_INT8_OPS:
+        raise UserError(f"int8_ops must be one of {', '.join(FULL_INT8_OPS)}, got {int8_ops!r}.")
     if layout not in LAYOUTS:
         raise UserError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -169,7 +188,8 @@ def _write(path: Path, data: bytes) -> None:
 
 def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int = 128, int8: str | None = None,
                   calibration_inputs: Mapping[str, np.ndarray] | None = None, layout: str = "fixed",
-                  batch_size: int = 1, mask_value: float | None = None) -> TFLiteExport:
+                  batch_size: int = 1, mask_value: float | None = None,
+                  int8_ops: str = FULL_INT8_OPS[0]) -> TFLiteExport:
     """Convert ``model`` (an ``EarlyExitClassifier`` or ``AlbertForSequenceClassification``) to TFLite.
 
     Args:
@@ -182,14 +202,16 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
             tokenized sample texts (``calibration_inputs_from_texts``).
         layout: ``"fixed"`` or ``"per-layer"`` (see the module docstring).
         batch_size: the static batch dimension (1 on phones).
-        mask_value: the additive padding-mask value (default: -1e4, or -30 for full int8).
+        mask_value: the additive padding-mask value (default: -1e4, or -30 for ``int8_ops="all"``).
+        int8_ops: where full int8 uses int8 activations: ``"fully-connected"`` (the fast default)
+            or ``"all"`` (an all-integer graph; see the module docstring).
 
     Returns the files written into ``out_dir`` and metadata describing each graph (file, signature,
     input and output names, dtypes, shapes, quantization, bytes, sha256) for the bundle manifest.
     """
     classifier = export_copy(_as_classifier(model))
-    exit_layer = _check_args(classifier, exit_layer, max_length, int8, layout, batch_size)
-    style = tflite_style(int8, mask_value)
+    exit_layer = _check_args(classifier, exit_layer, max_length, int8, layout, batch_size, int8_ops)
+    style = tflite_style(int8, mask_value, int8_ops)
     batches = None
     if int8 == "full":
         if calibration_inputs is None:
@@ -217,7 +239,8 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
     for name, module in graphs.items():
         data = _convert(module, {k: samples[k] for k in inputs[name]})
         if int8 is not None:
-            data = quantize_tflite(data, int8, {SIGNATURE: calibration[name]} if int8 == "full" else None)
+            data = quantize_tflite(data, int8, {SIGNATURE: calibration[name]} if int8 == "full" else None,
+                                   int8_ops=int8_ops)
         path = out_dir / f"{name}.tflite"
         _write(path, data)
         files.append(path)
@@ -233,6 +256,7 @@ def export_tflite(model, out_dir, exit_layer: int | None = None, max_length: int
         "max_length": max_length,
         "batch_size": batch_size,
         "int8": int8,
+        **({"int8_ops": int8_ops} if int8 == "full" else {}),
         "mask_value": style.mask_value,
         "pooling": classifier.pooling,
         "num_labels": config.num_labels,
@@ -283,9 +307,12 @@ def write_tflite(model, tokenizer, directory: Path, layout: str, exit_layer: int
                      "inputs": [_manifest_tensor(t) for t in g["inputs"]],
                      "outputs": [_manifest_tensor(t) for t in g["outputs"]]}
               for name, g in result.metadata["graphs"].items()}
+    activations = {None: None, "dynamic": "float",
+                   "full": "int8, calibrated, at every FULLY_CONNECTED; LayerNorm, softmax, GELU and the attention "
+                           "matmuls in float32"}[int8]
     quantization = None if int8 is None else {
         "scheme": int8, "tool": "ai-edge-quantizer",
-        "weights": "int8 (symmetric)", "activations": "float" if int8 == "dynamic" else "int8, calibrated",
+        "weights": "int8 (symmetric)", "activations": activations,
         "mask_value": result.metadata.get("mask_value")}
     return graphs, quantization
 
@@ -295,17 +322,21 @@ def write_tflite(model, tokenizer, directory: Path, layout: str, exit_layer: int
 
 
 def quantize_tflite(float_model: bytes, scheme: str,
-                    calibration: Mapping[str, Iterable[Feeds]] | Iterable[Feeds] | None = None) -> bytes:
+                    calibration: Mapping[str, Iterable[Feeds]] | Iterable[Feeds] | None = None,
+                    int8_ops: str = FULL_INT8_OPS[0]) -> bytes:
     """The int8 version of a float .tflite model (bytes in, bytes out).
 
     ``calibration`` (scheme ``"full"`` only): sample inputs, as a list of ``{input name: array}``
     for a model with one signature, or ``{signature name: list of feeds}``. Inputs must have the
-    model's exact shapes and dtypes.
+    model's exact shapes and dtypes. ``int8_ops`` (scheme ``"full"``): which ops get int8
+    activations, ``"fully-connected"`` or ``"all"`` (see the module docstring).
     """
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
     if scheme not in INT8_SCHEMES:
         raise UserError(f"int8 must be one of {', '.join(INT8_SCHEMES)} (or None for float), got {scheme!r}.")
+    if int8_ops not in FULL_INT8_OPS:
+        raise UserError(f"int8_ops must be one of {', '.join(FULL_INT8_OPS)}, got {int8_ops!r}.")
     if scheme == "dynamic":
         q = quantizer.Quantizer(bytearray(float_model), recipe.dynamic_wi8_afp32())
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
@@ -313,7 +344,14 @@ def quantize_tflite(float_model: bytes, scheme: str,
     if calibration is None:
         raise UserError("full int8 quantization needs calibration inputs (a few dozen tokenized sample texts); "
                         "pass calibration_inputs, or use int8='dynamic', which needs none.")
-    q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
+    if int8_ops == "all":
+        q = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8())
+    else:
+        # Only the matrix products get int8 activations: XNNPACK's int8 GEMM is several times
+        # faster than float, while every other op either has no int8 kernel there or is cheap
+        # in float (the module docstring has the measurement).
+        q = quantizer.Quantizer(bytearray(float_model))
+        q.add_static_config(".*", qtyping.TFLOperationName.FULLY_CONNECTED, 8, 8)
     # The static recipe leaves EMBEDDING_LOOKUP in float; int8 weights with a float output
     # (the dynamic kernel) shrink the largest table 4x and cost nothing at runtime.
     q.add_dynamic_config(".*", qtyping.TFLOperationName.EMBEDDING_LOOKUP, 8)
@@ -344,6 +382,18 @@ def _enum_names(enum_class) -> dict[int, str]:
     return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
 
 
+def _builtin_code(code) -> int:
+    """An OperatorCode's builtin operator. The schema has two fields (codes above 127 only in
+    ``builtin_code``); writers fill either or both. The ``tflite`` package's ``BuiltinCode()``
+    returns the deprecated field whenever the code is below 127, which ai-edge-quantizer leaves 0
+    for the QUANTIZE / DEQUANTIZE it adds, so they would read as ADD: read the raw field."""
+    import flatbuffers
+
+    offset = code._tab.Offset(10)  # builtin_code, field 3 of OperatorCode
+    raw = code._tab.Get(flatbuffers.number_types.Int32Flags, offset + code._tab.Pos) if offset else 0
+    return max(raw, code.DeprecatedBuiltinCode())
+
+
 def op_counts(model: bytes) -> collections.Counter:
     """How many times each builtin operator appears across the model's subgraphs."""
     import tflite
@@ -355,10 +405,32 @@ def op_counts(model: bytes) -> collections.Counter:
     for s in range(m.SubgraphsLength()):
         graph = m.Subgraphs(s)
         for i in range(graph.OperatorsLength()):
-            code = m.OperatorCodes(graph.Operators(i).OpcodeIndex())
-            # Codes above 127 live in BuiltinCode, older ones in DeprecatedBuiltinCode.
-            counts[names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")] += 1
+            counts[names.get(_builtin_code(m.OperatorCodes(graph.Operators(i).OpcodeIndex())), "CUSTOM")] += 1
     return counts
+
+
+def xnnpack_fallbacks(model: bytes) -> collections.Counter:
+    """{(operator, output dtype): count} of the ops the XNNPACK delegate does not take, which run on
+    TFLite's builtin kernels (for int8, mostly reference kernels, several times slower).
+
+    Read from the interpreter itself: with delegate node fusion disabled every op the delegate
+    takes becomes its own DELEGATE node with the op's outputs, so an op whose outputs no DELEGATE
+    node produces ran on a builtin kernel. Whether XNNPACK takes an int8 op can depend on its
+    calibrated scales, so this is a property of the quantized file, not of the op types.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model, num_threads=1, experimental_disable_delegate_node_fusion=True)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    delegated = {int(i) for op in ops if op["op_name"] == "DELEGATE" for i in op["outputs"]}
+    out = collections.Counter()
+    for op in ops:
+        outputs = [int(i) for i in op["outputs"]]
+        if op["op_name"] != "DELEGATE" and outputs and not set(outputs) <= delegated:
+            out[(op["op_name"], dtypes.get(outputs[0], "?"))] += 1
+    return out
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgekit.checkpoint import check_model_dir, load_config_of, load_tokenizer, read_meta, save_model_dir
 from edgekit.config import to_dict
-from edgekit.data import ResumableBatches, TokenizedCorpus
+from edgekit.data import TokenizedCorpus
 from edgekit.errors import UserError
 from edgekit.finetune.config import FinetuneConfig
 from edgekit.finetune.pooling import resolve_pooling
@@ -36,8 +36,12 @@ class ClassifierModule(nn.Module):
         self.model = model
         self.early_exit = early_exit
         self.is_early_exit = hasattr(model, "predict_dynamic")
+        self.is_late_interaction = hasattr(model, "forward_one_pass")
 
     def forward(self, batch):
+        if self.is_late_interaction:  # segments packed in one sequence (Figure 4); the last layer's loss
+            loss = nn.functional.cross_entropy(self.model.forward_one_pass(batch), batch["labels"])
+            return loss, {"loss": loss.detach()}
         kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         if self.is_early_exit:
             out = self.model(**kw, labels=batch["labels"], early_exit=self.early_exit)
@@ -48,6 +52,8 @@ class ClassifierModule(nn.Module):
     @torch.no_grad()
     def exit_logits(self, batch) -> torch.Tensor:
         """(K, B, C): logits of every exit (students) or (1, B, C)."""
+        if self.is_late_interaction:
+            return self.model.forward_one_pass(batch)[None]
         kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         if self.is_early_exit:
             return self.model(**kw).logits
@@ -59,8 +65,11 @@ def evaluate(module: ClassifierModule, data: TokenizedCorpus, batch_size: int = 
     was = module.training
     module.eval()
     correct = None
+    ids = getattr(data, "ids", None)
+    # similar lengths per batch: padding is wasted compute, and accuracy does not depend on the order
+    order = sorted(range(len(data)), key=lambda i: len(ids[i])) if isinstance(ids, list) else list(range(len(data)))
     for start in range(0, len(data), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(range(start, min(start + batch_size, len(data)))).items()}
+        batch = {k: v.to(device) for k, v in data.collate(order[start:start + batch_size]).items()}
         pred = module.exit_logits(batch).argmax(-1)  # (K, B)
         hits = (pred == batch["labels"][None]).sum(-1)
         correct = hits if correct is None else correct + hits
@@ -77,6 +86,7 @@ class EvalCallback:
         self.is_main = is_main
         self.best = -1.0
         self.best_step = 0
+        self.min_step = 0  # earlier evaluations are not candidates (task pruning: before the target sparsity)
         self.history: list[dict] = []
 
     def after_optimizer_step(self, step: int) -> None:
@@ -90,7 +100,7 @@ class EvalCallback:
         if self.is_main:
             self.run.log_metrics({"step": step, "eval_accuracy": result["accuracy"],
                                   "eval_accuracy_per_exit": result["accuracy_per_exit"]})
-        if result["accuracy"] > self.best:
+        if result["accuracy"] > self.best and step >= self.min_step:
             self.best, self.best_step = result["accuracy"], step
             if self.is_main:
                 self.save(self.module, self.run.path / "best")
@@ -149,18 +159,29 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     if cfg.model is None:
         raise UserError("no model given; pass --model DIR (a student from `edgekit distill`/`prune`, or any encoder).")
     cfg.train.validate()
+    if cfg.finetune.lr:  # a learning-rate sweep: one run per rate, the best on dev kept
+        from edgekit.finetune.sweep import run_sweep
+
+        return run_sweep(cfg, out, finetune, resume=resume, stop_after_step=stop_after_step, command=command,
+                         overwrite=overwrite)
     if cfg.finetune.eval_every < 1:
         raise UserError(f"finetune.eval_every must be at least 1, got {cfg.finetune.eval_every}.")
     model_dir = check_model_dir(cfg.model)
     check_run_dir(out, resume, overwrite, "finetune-run")
     t = cfg.task
     # never the test split: the best checkpoint is chosen on dev, and test stays unseen until eval
-    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field, provenance=t.provenance)
+    late = cfg.late_interaction
+    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field, provenance=t.provenance,
+                     segmented=late.late_layers is not None)
     dist = init_distributed()
     torch.manual_seed(cfg.train.seed)
     tokenizer = load_tokenizer(model_dir)
     pooling = resolve_pooling(cfg.finetune.pooling, model_dir)
     clf = build_classifier(model_dir, task, pooling)
+    if late.late_layers is not None:
+        from edgekit.late_interaction import LateInteractionClassifier
+
+        clf = LateInteractionClassifier(clf, late.late_layers, late.max_segments, late.max_segment_tokens)
     early = cfg.finetune.early_exit and hasattr(clf, "predict_dynamic")
     if cfg.finetune.freeze_embeddings:
         freeze_word_embeddings(clf)
@@ -168,16 +189,40 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
     def subset(split, limit):
         n = len(split) if limit is None else min(limit, len(split))
+        if late.late_layers is not None:
+            from edgekit.late_interaction.data import SegmentCorpus
+
+            return SegmentCorpus(tokenizer, split.segments[:n], late.max_segments, late.max_segment_tokens,
+                                 labels=split.labels[:n])
         return TokenizedCorpus(tokenizer, split.texts[:n], t.max_length, labels=split.labels[:n])
 
     train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
-    batches = ResumableBatches(len(train_data), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)
+    distilled = None
+    if cfg.finetune.teacher_run:  # task-level distillation: the teacher's soft labels (finetune/task_distill.py)
+        from edgekit.finetune.task_distill import attach_teacher, soft_label_module
+
+        if late.late_layers is not None:
+            raise UserError("finetune.teacher_run does not combine with late_interaction yet; drop one of them.")
+        n = len(train_data)
+        train_data, distilled = attach_teacher(cfg.finetune, task.labels, task.train.texts[:n], task.train.labels[:n],
+                                               tokenizer, t.max_length)
+        module = soft_label_module(clf, early, cfg.finetune.alpha, cfg.finetune.temperature)
+    from edgekit.finetune.batching import make_batches
+    from edgekit.finetune.schedule import describe_schedule, resolve_schedule
+
+    schedule = resolve_schedule(cfg, len(train_data), clf, dist.world_size)
+    if dist.is_main:
+        print(describe_schedule(task.name, schedule), flush=True)
+    batches = make_batches(train_data, cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
+                           cfg.finetune.bucket_batches)
     run = RunDir(out, command=command or " ".join(sys.argv), kind="finetune-run")
     run.write_config(to_dict(cfg))
     source_meta = read_meta(model_dir)
     meta = {**source_meta, "kind": "classifier", "stage": "finetune", "task": task.name, "labels": task.labels,
             "label_descriptions": task.descriptions, "finetuned_from": str(Path(model_dir).resolve()),
             "early_exit": early, "max_length": t.max_length, "pooling": pooling}
+    if late.late_layers is not None:
+        meta["late_interaction"] = clf.settings()
     extra = {}
     if (Path(model_dir) / "vocab_map.json").exists():
         extra["vocab_map.json"] = read_json(Path(model_dir) / "vocab_map.json")
@@ -186,19 +231,38 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
         save_model_dir(mod.model, directory, tokenizer, {**meta, "step": trainer.step}, extra_json=extra)
 
     callbacks = []
-    if cfg.finetune.keep_sparsity:
+    pruning = prune_end = None
+    if cfg.finetune.prune is not None:  # task-level pruning; its masks keep the zeros a pruned model has
+        from edgekit.finetune.task_prune import task_pruning
+
+        pruning, prune_end = task_pruning(clf, cfg.finetune.prune, cfg.train.max_steps)
+        callbacks.append(pruning)
+        meta["target_sparsity"] = cfg.finetune.prune.sparsity
+    elif cfg.finetune.keep_sparsity:
         from edgekit.prune import fixed_mask_callback
 
-        keeper = fixed_mask_callback(clf)
+        # a late-interaction model: the wrapped classifier's zeros only (its zero-initialised
+        # segment embedding must learn)
+        keeper = fixed_mask_callback(clf.classifier if late.late_layers is not None else clf)
         if keeper is not None:
             callbacks.append(keeper)
             meta["sparsity_kept"] = round(keeper.pruner.sparsity, 6)
-    trainer = Trainer(module, lambda: train_data.collate(batches.next()), batches, cfg.train, run, save_model=save,
+    def next_batch():
+        idx = batches.next()
+        batch = train_data.collate(idx)
+        if distilled is not None:
+            batch["teacher_logits"] = train_data.teacher_logits[idx]
+        return batch
+
+    trainer = Trainer(module, next_batch, batches, cfg.train, run, save_model=save,
                       callbacks=callbacks, dist=dist, desc=f"finetune {task.name}")
     evaluator = EvalCallback(module, dev_data, cfg.finetune.eval_every, run, save, trainer.device, dist.is_main)
+    evaluator.min_step = prune_end or 0
     trainer.callbacks.append(evaluator)
     if resume:
         trainer.resume()
+    if pruning is not None:
+        pruning.start(trainer.step)
     start = time.perf_counter()
     outcome = trainer.train(stop_after_step=stop_after_step)
     if outcome["interrupted"]:
@@ -210,12 +274,17 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
     with atomic_dir(out / "model", overwrite=True) as tmp:  # this run's own model (a kill may have left it)
         shutil.copytree(best_dir, tmp, dirs_exist_ok=True)
-    best = max(evaluator.history, key=lambda r: r["accuracy"])
+    best = max((r for r in evaluator.history if r["step"] >= evaluator.min_step), key=lambda r: r["accuracy"])
     results = {
         "stage": "finetune", "task": task.name, "task_note": task.note, "labels": task.num_labels,
         "train_examples": len(train_data), "dev_examples": len(dev_data), "steps": trainer.step,
         "early_exit": early, "pooling": pooling, "sparsity_kept": meta.get("sparsity_kept"),
-        "best_step": evaluator.best_step,
+        "late_interaction": meta.get("late_interaction"),
+        "segments_merged": getattr(train_data, "merged", None),
+        "best_step": evaluator.best_step, "schedule": schedule, "task_distill": distilled and
+        {k: v for k, v in distilled.items() if k != "key"},
+        "task_prune": pruning and {"sparsity": cfg.finetune.prune.sparsity, "end_step": prune_end,
+                                   "recovery_steps": trainer.step - prune_end, "scope": cfg.finetune.prune.scope},
         "dev_accuracy": best["accuracy"],
         "dev_accuracy_per_exit": best["accuracy_per_exit"], "history": evaluator.history,
         "seconds": round(time.perf_counter() - start, 1), "model_dir": str(out / "model"),

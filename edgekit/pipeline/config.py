@@ -53,7 +53,11 @@ class ExportSection:
     exit_layer: int | None = None      # None: the per-layer bundle serving every exit
     max_length: int | None = None      # default: the task's max_length
     pack: bool = True
-    pack_codec: Literal["xz", "zlib"] = "xz"
+    pack_codec: Literal["xz", "zlib"] = "zlib"   # zlib: what the phone app and the browser decode; xz: Python only
+    # The bundle for the phone app (android_demo runs TFLite through LiteRT): the same model, int8
+    # scheme, exits and length as the bundle above, as TFLite with a zlib .edgepack, written to
+    # OUT/phone/<task> (or the bundle above itself when format is tflite). none: no phone bundle.
+    phone: Literal["tflite", "none"] = "tflite"
     calibration_examples: int = 256    # train texts used for static int8 ranges
     parity_examples: int = 256         # dev texts the export's parity check runs (the gate counts changed predictions)
     min_agreement: float | None = None # share of those texts on which every exit must predict PyTorch's class
@@ -104,6 +108,10 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
     # Checked here, not at export: a bad gate setting should not surface after hours of training.
     if cfg.export.min_agreement is not None and not 0.0 <= cfg.export.min_agreement <= 1.0:
         raise UserError(f"export.min_agreement must be between 0 and 1, got {cfg.export.min_agreement!r}.")
+    if cfg.export.phone == "tflite" and cfg.export.format == "tflite" and cfg.export.pack \
+            and cfg.export.pack_codec != "zlib":
+        raise UserError("export.phone: tflite makes the tflite bundle the phone app's, and the app decodes zlib packs, "
+                        f"not {cfg.export.pack_codec}; set export.pack_codec: zlib (or export.phone: none).")
     if cfg.export.parity_examples < 1:
         raise UserError(f"export.parity_examples must be at least 1, got {cfg.export.parity_examples!r}.")
     return cfg

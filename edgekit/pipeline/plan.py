@@ -9,6 +9,7 @@ refused unless ``--force`` asks to redo it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -107,6 +108,8 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
             stages.append(finetune_stage(f"reference/teacher/{t}", teacher_spec, "teacher", [], entry,
                                          "fine-tune the teacher (upper reference)"))
         stages.append(_export_stage(cfg, out, entry))
+        if phone_stage_name(cfg, t) == f"phone/{t}":
+            stages.append(_export_stage(cfg, out, entry, phone=True))
         for row, source in rows(cfg, entry):
             stages.append(_eval_stage(cfg, out, entry, row, source, split))
     return stages
@@ -127,15 +130,29 @@ def rows(cfg: PipelineConfig, entry: TaskEntry) -> list[tuple[str, str]]:
     return out
 
 
-def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry) -> Stage:
+def phone_stage_name(cfg: PipelineConfig, task: str) -> str | None:
+    """The stage whose bundle the phone app runs: ``export/<task>`` when that bundle is TFLite,
+    else ``phone/<task>`` (a TFLite export of the same model); None for ``export.phone: none``."""
+    if cfg.export.phone == "none":
+        return None
+    return f"export/{task}" if cfg.export.format == "tflite" else f"phone/{task}"
+
+
+def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool = False) -> Stage:
     e = cfg.export
+    if phone:  # the app's format, always packed with the codec the app decodes
+        e = dataclasses.replace(e, format="tflite", pack=True, pack_codec="zlib")
     model_dir = out / f"finetune/{entry.name}" / "model"
     ft = task_config(cfg, entry, str(model_dir))
     max_length = e.max_length or ft.task.max_length
     int8 = {"none": False, "dynamic": "dynamic", "static": "static"}[e.int8]
-    return Stage(f"export/{entry.name}", "export", out / "export" / entry.name,
-                 {"export": to_dict(e), "max_length": max_length}, [f"finetune/{entry.name}"],
-                 f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle",
+    name = f"{'phone' if phone else 'export'}/{entry.name}"
+    return Stage(name, "export", out / name,
+                 # without `phone`: choosing whether a phone bundle is made does not redo this one
+                 {"export": {k: v for k, v in to_dict(e).items() if k != "phone"}, "max_length": max_length},
+                 [f"finetune/{entry.name}"],
+                 f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle"
+                 + (" for the phone app" if phone_stage_name(cfg, entry.name) == name else ""),
                  {"task": ft.task, "model_dir": model_dir, "export": e, "int8": int8, "max_length": max_length})
 
 

@@ -27,14 +27,29 @@ def write_report(cfg: PipelineConfig, out: Path, log: list[dict], seconds: float
     bundles = {t: read_json(out / "export" / t / "results.json") for t in tasks}
     report = {"run_dir": str(out), "teacher": cfg.pipeline.teacher, "tasks": tasks,
               "stages": log, "seconds_this_run": seconds, "accuracy": acc, "splits": splits, "ratios": ratios,
-              "bundles": {t: {"checkpoint": _checkpoint(out, t),
-                              **{k: b[k] for k in ("bundle", "packed", "packed_bytes", "format", "precision",
-                                                   "layout", "sizes")}} for t, b in bundles.items()},
+              "bundles": {t: {"checkpoint": _checkpoint(out, t), **_bundle_facts(b),
+                              "phone": phone_bundle(cfg, out, t)} for t, b in bundles.items()},
               "table": summary["markdown"]}
     write_json(out / "report.json", report)
     claim(out / "report.md")
     (out / "report.md").write_text(_report_markdown(report), encoding="utf-8")
     return report
+
+
+def _bundle_facts(results: dict) -> dict:
+    return {k: results[k] for k in ("bundle", "packed", "packed_bytes", "format", "precision", "layout", "sizes")}
+
+
+def phone_bundle(cfg: PipelineConfig, out: Path, task: str) -> dict | None:
+    """The bundle the phone app runs (``plan.phone_stage_name``) with its download and the worst
+    exit's parity agreement with PyTorch; None for ``export.phone: none``."""
+    from edgekit.pipeline.plan import phone_stage_name
+
+    stage = phone_stage_name(cfg, task)
+    if stage is None:
+        return None
+    results = read_json(out / stage / "results.json")
+    return {**_bundle_facts(results), "agreement": results["parity"]["agreement"]}
 
 
 def _ratios(acc: dict, tasks: list[str]) -> dict:
@@ -60,6 +75,11 @@ def _checkpoint(out: Path, task: str) -> str:
     return str(resolve_model_dir(out / "finetune" / task))
 
 
+def _describe(b: dict) -> str:
+    packed = f"; packed download `{b['packed']}` ({b['packed_bytes']:,} bytes)" if b.get("packed") else ""
+    return f"`{b['bundle']}` ({b['format']} {b['precision']} {b['layout']}, {b['sizes']['dense_bytes']:,} bytes{packed})"
+
+
 def _split_words(splits: dict) -> str:
     """Which split the accuracies are on: 'test', or per task when tasks differ ('tnews: dev, sentiment: test')."""
     names = set(splits.values())
@@ -79,12 +99,13 @@ def _report_markdown(report: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(f"{values[t]:.3f}" if t in values else "" for t in report["tasks"])
                          + " |")
         lines.append("")
-    lines += ["## Models", "", "The fine-tuned checkpoint of each task (PyTorch) and the bundle exported from it "
-              "for the phone app.", ""]
+    lines += ["## Models", "", "The fine-tuned checkpoint of each task (PyTorch), the bundle evaluated above, and the "
+              "bundle for the phone app (`android_demo/`: copy the `.edgepack` to its assets as `bundle.edgepack`).", ""]
     for t, b in report["bundles"].items():
-        packed = f"; packed download `{b['packed']}` ({b['packed_bytes']:,} bytes)" if b.get("packed") else ""
-        lines.append(f"- {t}: checkpoint `{b['checkpoint']}`; bundle `{b['bundle']}` ({b['format']} {b['precision']} "
-                     f"{b['layout']}, {b['sizes']['dense_bytes']:,} bytes{packed})")
+        lines.append(f"- {t}: checkpoint `{b['checkpoint']}`; bundle {_describe(b)}")
+        phone = b.get("phone")
+        lines.append(f"  - for the phone app: {_describe(phone)}, parity agreement {phone['agreement']:.3f}"
+                     if phone else "  - no phone bundle (export.phone: none)")
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds'] if s['seconds'] is not None else ''} |"
               for s in report["stages"]]

@@ -156,3 +156,82 @@ def weight_zero_masks(quantized: nn.Module) -> list[tuple[str, np.ndarray]]:
             zero_point = zero_point.reshape(shape)
         out.append((weight.target, (q == zero_point).numpy()))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy-aware int8 for the exported graphs: which modules stay float
+
+# The fallback ladder INC walks, cheapest loss of int8 first: the head (run once per exit, it
+# carries most of the logit error at deep exits: keeping it float halved the mean |Δlogit| at
+# exit 24 of the distilled paper shape, benchmarks/int8_depth.md), then the shared layer's
+# MatMuls, most sensitive first (each alone in int8, the attention query and output projections
+# moved the logits most on a trained 24-application model), then the embedding projection.
+FALLBACK_LADDER = ("classifier", "pooler", "attention/dense", "attention/query", "attention/key", "attention/value",
+                   "ffn", "ffn_output", "project")
+_LAYER = "classifier.model.albert.encoder.albert_layer_groups.0.albert_layers.0."
+_MODULES = {"classifier": "classifier.model.classifier", "pooler": "classifier.model.albert.pooler",
+            "project": "classifier.model.albert.encoder.embedding_hidden_mapping_in",
+            **{m: _LAYER + m.replace("/", ".") for m in ("attention/dense", "attention/query", "attention/key",
+                                                         "attention/value", "ffn", "ffn_output")}}
+
+
+class AllExitLogits(nn.Module):
+    """(input_ids, attention_mask) -> logits of every exit, (K, B, C): what the parity gate judges."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(input_ids, attention_mask).logits
+
+
+def worst_exit_agreement(reference: torch.Tensor, got: torch.Tensor) -> float:
+    """min over exits k of (1/N) · #{i : argmax got_ki = argmax reference_ki}; (K, N, C) logits each."""
+    return float((reference.argmax(-1) == got.argmax(-1)).float().mean(-1).min())
+
+
+def float_modules_by_inc(model, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], min_agreement: float = 0.99,
+                         ladder: Sequence[str] = FALLBACK_LADDER) -> list[str]:
+    """The modules int8 export should keep in float, decided by INC's accuracy-driven ``autotune``.
+
+    INC tries dynamic int8 with the first n modules of ``ladder`` in float (n = 0, 1, ...) and stops
+    at the first whose worst-exit argmax agreement with the float model on ``batches`` (texts of the
+    task, one length) is at least ``min_agreement`` (``tolerable_loss = 1 - min_agreement`` of the
+    float model's agreement 1.0). Returns those n modules, by their graph names (``ladder``'s). Raises
+    ``UserError`` if even the whole ladder in float stays below the target.
+    """
+    if not batches:
+        raise UserError("accuracy-aware int8 needs texts to judge on (--task with --data-dir, or --samples FILE).")
+    inc = _inc()
+    classifier = copy.deepcopy(model).float().eval()
+    with torch.no_grad():
+        reference = torch.cat([classifier(i, m).logits for i, m in batches], dim=1)
+    exported = _export(AllExitLogits(classifier), tuple(batches[0]))
+    scores = []
+
+    def eval_fn(candidate) -> float:
+        with torch.no_grad():
+            got = torch.cat([candidate(i, m) for i, m in batches], dim=1)
+        scores.append(worst_exit_agreement(reference, got))
+        return scores[-1]
+
+    def run_fn(prepared):
+        with torch.no_grad():
+            prepared(*batches[0])
+
+    configs = []
+    for n in range(len(ladder) + 1):
+        config = inc.DynamicQuantConfig()
+        for name in ladder[:n]:
+            config.set_local(_MODULES[name], inc.DynamicQuantConfig(w_dtype="fp32", act_dtype="fp32"))
+        configs.append(config)
+    tune = inc.TuningConfig(config_set=configs, tolerable_loss=1.0 - min_agreement, max_trials=len(configs))
+    inc.autotune(exported, tune, eval_fn=eval_fn, run_fn=run_fn, example_inputs=tuple(batches[0]))
+    # INC scores the float model first (scores[0]), then one config per trial until one passes.
+    trials = scores[1:]
+    if not trials or trials[-1] < min_agreement:
+        raise UserError(f"int8 keeps at best {max(trials, default=0.0):.1%} of the float model's predictions at its "
+                        f"worst exit even with {', '.join(ladder)} in float, below the {min_agreement:.1%} asked for; "
+                        "export fp32, or lower the target knowingly.")
+    return list(ladder[:len(trials) - 1])

@@ -18,7 +18,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "int8")
-LAYOUTS = {"fixed": ("model",), "per-layer": ("embed", "layer", "head")}
+LAYOUTS = {"fixed": ("model",), "per-layer": ("embed", "layer", "head"),
+           # multi-segment late interaction: run by edgekit_device.segments.SegmentBundle
+           "late-interaction": ("segment_encoder", "interaction")}
 # How the head reads the last computed layer: [CLS] through the pooler, or the masked token mean
 # (the head graph then takes the attention mask too). Bundles without model.pooling are cls.
 POOLINGS = ("cls", "mean")

@@ -23,8 +23,11 @@ itemsize], ...], "streams": {"skeleton", "masks", "values<itemsize>"...}}`` wher
 - ``values<s>`` holds the non-zero elements of all segments of item size ``s`` in order; for
   ``s > 1`` as byte planes (all first bytes, then all second bytes...), which compresses better.
 
-ONNX files are segmented at their initializers' ``raw_data``; other files are stored whole
-unless a segment finder is registered for their suffix (``register_segment_finder``).
+ONNX files are segmented at their initializers' ``raw_data``, TFLite files at their buffers'
+``data`` (``tflite_tensor_segments``: the flatbuffer read by hand, item size from the tensor
+type); other files are stored whole unless a segment finder is registered for their suffix
+(``register_segment_finder``). Which bytes are segments is recorded in the header, so a decoder
+needs no knowledge of either model format.
 """
 
 from __future__ import annotations
@@ -113,7 +116,104 @@ def onnx_tensor_segments(data: bytes, min_bytes: int = MIN_SEGMENT_BYTES) -> lis
     return sorted(segments)
 
 
-_SEGMENT_FINDERS = {".onnx": onnx_tensor_segments}
+# tflite.TensorType -> bytes per element (INT4 is packed two to a byte: item size 1)
+_TFLITE_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8, 15: 4, 16: 2,
+                    17: 1, 18: 2}
+
+
+def _fb_field(buf: bytes, table: int, index: int) -> int | None:
+    """Position of field ``index`` of the flatbuffer table at ``table``, None when absent (default).
+
+    A table starts with an i32 ``soffset``; its vtable is at ``table - soffset``: u16 vtable size,
+    u16 table size, then one u16 offset (from ``table``) per field, 0 for a field left out."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    (vsize,) = struct.unpack_from("<H", buf, vtable)
+    slot = 4 + 2 * index
+    if slot + 2 > vsize:
+        return None
+    (offset,) = struct.unpack_from("<H", buf, vtable + slot)
+    return table + offset if offset else None
+
+
+def _fb_vector(buf: bytes, table: int, index: int) -> tuple[int, int]:
+    """(start, length) of the vector in field ``index``; (0, 0) when absent. A vector field holds a
+    u32 offset (from the field) to a u32 length followed by the elements."""
+    pos = _fb_field(buf, table, index)
+    if pos is None:
+        return 0, 0
+    vec = pos + struct.unpack_from("<I", buf, pos)[0]
+    return vec + 4, struct.unpack_from("<I", buf, vec)[0]
+
+
+def _fb_tables(buf: bytes, table: int, index: int):
+    """The tables of the vector of tables in field ``index`` (each element a u32 offset from itself)."""
+    start, count = _fb_vector(buf, table, index)
+    for i in range(count):
+        pos = start + 4 * i
+        yield pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def tflite_tensor_segments(data: bytes, min_bytes: int = MIN_SEGMENT_BYTES) -> list[tuple[int, int, int]]:
+    """(offset, length, itemsize) of each large weight buffer of a TFLite flatbuffer.
+
+    Read by hand from the schema (tensorflow/lite/schema/schema.fbs), so the runtime needs no
+    flatbuffer package: the file starts with a u32 offset to the ``Model`` table; Model.subgraphs
+    is field 2 and Model.buffers field 4; SubGraph.tensors field 0; Tensor.type (i8, default
+    FLOAT32) field 1 and Tensor.buffer (u32) field 2, which gives the item size; Buffer.data
+    ([ubyte]) field 0, or Buffer.offset / Buffer.size (u64, fields 1 and 2, from the file's start)
+    for models that keep buffers after the flatbuffer. Per-channel quantization parameters are
+    segments too (Tensor.quantization field 4 -> QuantizationParameters.scale [float] field 2 and
+    zero_point [long] field 3): a per-row int8 embedding table has one scale and one (zero) zero
+    point per row, 12 bytes a row that compress better as byte planes and bit masks. A file this
+    cannot read, or whose ranges overlap, yields no segments (it is then stored whole)."""
+    try:
+        root = struct.unpack_from("<I", data, 0)[0]
+        itemsizes: dict[int, int] = {}
+        vectors: set[tuple[int, int, int]] = set()  # a set: tensors may share one vector
+        for graph in _fb_tables(data, root, 2):
+            for tensor in _fb_tables(data, graph, 0):
+                type_pos, buffer_pos = _fb_field(data, tensor, 1), _fb_field(data, tensor, 2)
+                if buffer_pos is None:
+                    continue
+                kind = struct.unpack_from("<b", data, type_pos)[0] if type_pos is not None else 0
+                buffer = struct.unpack_from("<I", data, buffer_pos)[0]
+                itemsizes.setdefault(buffer, _TFLITE_ITEMSIZE.get(kind, 1))
+                quantization = _fb_field(data, tensor, 4)
+                if quantization is not None:
+                    params = quantization + struct.unpack_from("<I", data, quantization)[0]
+                    for field, itemsize in ((2, 4), (3, 8)):
+                        start, count = _fb_vector(data, params, field)
+                        if count * itemsize >= min_bytes:
+                            vectors.add((start, count * itemsize, itemsize))
+        segments = list(vectors)
+        for index, buffer in enumerate(_fb_tables(data, root, 4)):
+            start, length = _fb_vector(data, buffer, 0)
+            if not length:
+                offset_pos, size_pos = _fb_field(data, buffer, 1), _fb_field(data, buffer, 2)
+                if offset_pos is None or size_pos is None:
+                    continue
+                start = struct.unpack_from("<Q", data, offset_pos)[0]
+                length = struct.unpack_from("<Q", data, size_pos)[0]
+                if start <= 1:  # 1 marks an empty buffer in the offset form
+                    continue
+            itemsize = itemsizes.get(index, 1)
+            if length % itemsize:
+                itemsize = 1
+            if length >= min_bytes:
+                segments.append((start, length, itemsize))
+    except (struct.error, IndexError, OverflowError):
+        return []
+    segments.sort()
+    kept, end = [], 0
+    for seg in segments:  # ranges never overlap in a valid file; a file where they do is kept whole
+        if seg[0] < end or seg[0] + seg[1] > len(data):
+            return []
+        kept.append(seg)
+        end = seg[0] + seg[1]
+    return kept
+
+
+_SEGMENT_FINDERS = {".onnx": onnx_tensor_segments, ".tflite": tflite_tensor_segments}
 
 
 def register_segment_finder(suffix: str, finder) -> None:
@@ -212,8 +312,12 @@ def check_pack_path(out_file, overwrite: bool) -> None:
                           "--overwrite to replace it, or choose another bundle name.")
 
 
-def pack(bundle_dir, out_file, codec: str = "xz", overwrite: bool = False) -> dict:
+def pack(bundle_dir, out_file, codec: str = "zlib", overwrite: bool = False) -> dict:
     """Pack every file of ``bundle_dir`` into ``out_file``; returns sizes (dense, packed, per file).
+
+    ``codec``: ``zlib`` (default), the one the devices decode without a library (Java's
+    ``Inflater``, the browser's ``DecompressionStream``); ``xz`` is 5-8% smaller but only this
+    Python runtime reads it.
 
     The pack is verified by unpacking it in memory before it is written. An existing ``out_file``
     is replaced only if it is a pack and ``overwrite`` (``check_pack_path``)."""

@@ -64,6 +64,9 @@ class Predictor:
     def __init__(self, bundle: Bundle | str | Path, backend: Backend | None = None, threads: int | None = None):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         manifest = self.bundle.manifest
+        if manifest["layout"] == "late-interaction":
+            raise BundleError(f"bundle '{self.bundle.path}' is a late-interaction bundle (segments in, scores out); "
+                              "run it with edgekit_device.segments.SegmentBundle, not Predictor.")
         self.backend = backend or get_backend(manifest["format"], threads=threads)
         self.backend.load(self.bundle.path, manifest)
         self.graphs = manifest["graphs"]

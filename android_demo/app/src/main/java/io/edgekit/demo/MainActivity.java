@@ -23,7 +23,8 @@ import io.edgekit.core.Prediction;
 import io.edgekit.core.Predictor;
 
 /**
- * Loads the bundle in {@code assets/bundle/}, classifies what the user types at a fixed exit layer
+ * Loads the bundle ({@code assets/bundle.edgepack}, decoded on the phone, or the unpacked files in
+ * {@code assets/bundle/}), classifies what the user types at a fixed exit layer
  * or with a dynamic exit (PABEE patience, DeeBERT entropy), and shows label, scores, the exit
  * layer and latency. Everything but the UI and LiteRT is in the plain-Java {@code core} module.
  */
@@ -100,8 +101,7 @@ public final class MainActivity extends Activity {
 
     private void load() {
         try {
-            io.edgekit.core.Bundle loaded = io.edgekit.core.Bundle.load(
-                    new AssetBundleFiles(getAssets(), BUNDLE_ASSETS), true);
+            io.edgekit.core.Bundle loaded = AssetBundleFiles.open(getAssets(), BUNDLE_ASSETS);
             int threads = Math.max(1, Math.min(4, Runtime.getRuntime().availableProcessors()));
             TfliteGraphRunner graphs = new TfliteGraphRunner(loaded, threads);
             Predictor ready = new Predictor(loaded, graphs);

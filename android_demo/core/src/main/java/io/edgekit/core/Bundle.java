@@ -219,6 +219,16 @@ public final class Bundle {
         }
     }
 
+    /**
+     * Opens a packed bundle, the {@code .edgepack} download itself: {@link EdgePack} decodes it in
+     * memory (zlib, sparse tensors spliced back, every file's sha256 checked against the pack
+     * header), then {@link #load} verifies every file against {@code manifest.json} as for a
+     * directory. The app calls this for {@code assets/bundle.edgepack}; the JVM test drives the same.
+     */
+    public static Bundle loadPacked(byte[] pack, String where) throws BundleException {
+        return load(EdgePack.read(pack, where), true);
+    }
+
     private static byte[] readFrom(BundleFiles files, String name) throws BundleException {
         try {
             return files.read(name);

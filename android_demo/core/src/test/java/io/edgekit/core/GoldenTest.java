@@ -420,7 +420,11 @@ public final class GoldenTest {
             Map<String, Object> golden = obj(g);
             String name = (String) golden.get("name");
             File dir = new File((String) golden.get("dir"));
-            Bundle bundle = Bundle.load(new BundleFiles.Directory(dir), true);
+            String packFile = (String) golden.get("pack");
+            // A packed bundle is loaded from the download itself, as the app does, and every
+            // decoded file must be the exported one byte for byte.
+            Bundle bundle = packFile == null ? Bundle.load(new BundleFiles.Directory(dir), true)
+                    : packedBundle(name, packFile, dir);
             Map<String, Object> expect = obj(golden.get("expect"));
             check(bundle.format.equals(expect.get("format")), name + ": format");
             check(bundle.layout.equals(expect.get("layout")), name + ": layout");
@@ -552,14 +556,51 @@ public final class GoldenTest {
                     }
                 }
             }
-            System.out.println("bundle " + name + " (" + bundle.format + ", " + bundle.layout + ", " + bundle.pooling
-                    + " pooling, exits "
+            System.out.println("bundle " + name + (packFile == null ? "" : " from its .edgepack") + " ("
+                    + bundle.format + ", " + bundle.layout + ", " + bundle.pooling + " pooling, exits "
                     + bundle.exitLayers + "): ids " + idsOk + "/" + texts.size() + ", runs " + runsOk + "/" + runs.size()
                     + " agree with the Python Predictor, max |score diff| " + worstScore + ", max |entropy diff| "
                     + worstEntropy);
             misuse(name, bundle, predictor);
             corruption(name, dir, bundle);
         }
+    }
+
+    /** {@code Bundle.loadPacked} of the pack; its files must be the directory's, byte for byte. */
+    static Bundle packedBundle(String name, String packFile, File dir) throws Exception {
+        byte[] pack = Files.readAllBytes(new File(packFile).toPath());
+        Bundle bundle = Bundle.loadPacked(pack, packFile);
+        EdgePack files = (EdgePack) bundle.files;
+        java.util.TreeSet<String> expected = new java.util.TreeSet<>(Json.asObject(bundle.manifest.get("files"), "f").keySet());
+        expected.add(Bundle.MANIFEST);
+        check(expected.equals(new java.util.TreeSet<>(files.names())), name + ": pack holds " + files.names());
+        int same = 0;
+        long bytes = 0;
+        for (String file : expected) {
+            byte[] want = Files.readAllBytes(new File(dir, file).toPath());
+            boolean ok = Arrays.equals(want, files.read(file));
+            check(ok, name + ": '" + file + "' decoded from the pack differs from the exported file");
+            same += ok ? 1 : 0;
+            bytes += want.length;
+        }
+        System.out.println("pack " + name + ": " + pack.length + " bytes decode to " + same + "/" + expected.size()
+                + " files identical to the export (" + bytes + " bytes)");
+        return bundle;
+    }
+
+    /** Damaged, foreign or hostile packs are refused with one sentence saying what is wrong. */
+    static void badPacks(List<Object> cases) throws Exception {
+        int refused = 0;
+        for (Object c : cases) {
+            Map<String, Object> kase = obj(c);
+            String file = (String) kase.get("file");
+            byte[] data = Files.readAllBytes(new File(file).toPath());
+            int before = failures.size();
+            expectThrows(() -> Bundle.loadPacked(data, new File(file).getName()), (String) kase.get("expect"),
+                    "bad pack " + kase.get("what"));
+            refused += failures.size() == before ? 1 : 0;
+        }
+        System.out.println("bad packs: " + refused + "/" + cases.size() + " refused with the expected reason");
     }
 
     private static Integer[] toIntegers(int[] v) {
@@ -704,6 +745,9 @@ public final class GoldenTest {
             }
         }
         group("bundles", () -> bundles(list(goldens.get("bundles"))));
+        if (goldens.get("bad_packs") != null) {
+            group("bad packs", () -> badPacks(list(goldens.get("bad_packs"))));
+        }
         System.out.printf("%d checks, %d failed (%.1f s)%n", checks, failures.size(), (System.nanoTime() - start) / 1e9);
         for (String f : failures.subList(0, Math.min(40, failures.size()))) {
             System.out.println("FAILED " + f);

@@ -1,0 +1,107 @@
+"""Task-level distillation: the student learns a fine-tuned teacher's soft labels (Hinton et al. 2015;
+what TinyBERT's task stage and PP-MiniLM do after general distillation).
+
+For one exit's logits z_s, the teacher's logits z_t, labels y and temperature T::
+
+    L = α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − α) · CE(y, z_s)
+
+T² keeps the soft term's gradients on the scale of the hard term's as T grows. KL is averaged over
+every example of the batch; CE over the labelled ones only (unlabelled in-domain text carries label
+``IGNORE`` = −100 and learns from the teacher alone), and is 0 for a batch without labels. An
+early-exit student sums L over its exits with the weights 2k/(L(L+1)) (``weighted_exit_loss``):
+every exit learns from the teacher's last layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgekit.errors import UserError
+
+IGNORE = -100
+
+
+def check_distill_settings(alpha: float, temperature: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"finetune.alpha must be between 0 (labels only) and 1 (soft labels only), got {alpha}.")
+    if not temperature > 0:
+        raise UserError(f"finetune.temperature must be positive, got {temperature}.")
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-example KL(softmax(z_t/T) ‖ softmax(z_s/T)) = Σ_c p_t,c (log p_t,c − log p_s,c), shape (B,).
+
+    Teacher [0, 0], student [log 3, 0], T = 1: p_t = (½, ½), p_s = (¾, ¼);
+    KL = ½ log(½/¾) + ½ log(½/¼) = ½ log(4/3) ≈ 0.143841.
+    """
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+
+
+def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                    alpha: float, temperature: float) -> torch.Tensor:
+    """α · T² · mean_i KL_i + (1 − α) · mean_{i: y_i ≠ −100} CE_i (the module docstring's formula).
+
+    With the example of ``soft_label_kl``, label 0, α = 0.5, T = 1: CE = −log ¾ ≈ 0.287682, so
+    L = 0.5 · 0.143841 + 0.5 · 0.287682 ≈ 0.215762.
+    """
+    kl = soft_label_kl(student_logits, teacher_logits, temperature).mean()
+    labelled = labels != IGNORE
+    if labelled.any():
+        ce = F.cross_entropy(student_logits.float()[labelled], labels[labelled])
+    else:
+        ce = student_logits.new_zeros((), dtype=torch.float32)
+    return alpha * temperature ** 2 * kl + (1 - alpha) * ce
+
+
+def exit_soft_label_losses(exit_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                           alpha: float, temperature: float) -> torch.Tensor:
+    """(K,) ``soft_label_loss`` of each exit of (K, B, C) logits against the teacher's (B, C)."""
+    return torch.stack([soft_label_loss(z, teacher_logits, labels, alpha, temperature) for z in exit_logits])
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring: the training set with the teacher's logits, and the module whose loss reads them
+
+
+def attach_teacher(ft, task_labels: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int):
+    """The student's training set for task distillation: the labelled ``texts`` plus the unlabelled
+    ``ft.unlabeled`` corpus (label ``IGNORE``), each example with its teacher logits
+    (``teacher_logits`` attribute, (N, C), from the cache when the teacher already saw these texts)."""
+    from edgekit.data import TokenizedCorpus, read_corpus
+    from edgekit.finetune.logit_cache import teacher_logits
+
+    check_distill_settings(ft.alpha, ft.temperature)
+    extra = read_corpus(ft.unlabeled, ft.unlabeled_text_field, ft.max_unlabeled) if ft.unlabeled else []
+    all_texts = list(texts) + extra
+    data = TokenizedCorpus(tokenizer, all_texts, max_length, labels=list(labels) + [IGNORE] * len(extra))
+    logits, info = teacher_logits(ft.teacher_run, all_texts, task_labels, max_length, ft.logit_cache)
+    data.teacher_logits = logits
+    teacher_acc = float((logits[: len(labels)].argmax(-1) == torch.tensor(labels)).float().mean())
+    info = {**info, "labelled_examples": len(texts), "unlabeled_examples": len(extra), "alpha": ft.alpha,
+            "temperature": ft.temperature, "teacher_train_accuracy": round(teacher_acc, 6)}
+    return data, info
+
+
+def soft_label_module(classifier, early_exit: bool, alpha: float, temperature: float):
+    """A ``ClassifierModule`` whose training loss is ``soft_label_loss`` (per exit, weighted, for
+    early-exit students) when the batch carries ``teacher_logits``."""
+    from edgekit.early_exit import weighted_exit_loss
+    from edgekit.finetune.stage import ClassifierModule
+
+    class SoftLabelModule(ClassifierModule):
+        def forward(self, batch):
+            if "teacher_logits" not in batch:
+                return super().forward(batch)
+            kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            logits = self.model(**kw).logits
+            if self.is_early_exit:  # (K, B, C)
+                losses = exit_soft_label_losses(logits, batch["teacher_logits"], batch["labels"], alpha, temperature)
+                loss = weighted_exit_loss(losses) if self.early_exit else losses[-1]
+                return loss, {"loss": loss.detach(), "last_exit_loss": losses[-1].detach()}
+            loss = soft_label_loss(logits, batch["teacher_logits"], batch["labels"], alpha, temperature)
+            return loss, {"loss": loss.detach()}
+
+    return SoftLabelModule(classifier, early_exit)
