@@ -138,7 +138,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a fine-tuned classifier checkpoint")
-    source.add_argument("--student", help="a distilled student: pruned 80% here, random 15-class head")
+    source.add_argument("--student", help="a distilled student: pruned 80%% here, random 15-class head")
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"among {list(VARIANTS)}")
@@ -146,7 +146,7 @@ def main(argv=None):
     parser.add_argument("--name", default="int8_depth")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    from edgekit.export.graphs import build_graphs, calibration_feeds, export_copy
+    from edgekit.export.graphs import calibration_feeds, export_copy
     from edgekit.export.onnx import MAX_CALIBRATION_LAYERS, export_onnx, graph_specs, quantize_onnx
 
     torch.set_num_threads(1)

@@ -65,7 +65,7 @@ function request()
     if math.random() < share then
       parts[i] = '"' .. s .. '"'
     else
-      parts[i] = '"' .. s .. ' #' .. tostring(id) .. '-' .. counter .. '-' .. i .. '"'
+      parts[i] = '"' .. s .. ' #%(nonce)s-' .. tostring(id) .. '-' .. counter .. '-' .. i .. '"'
     end
   end
   return wrk.format("POST", nil, {["Content-Type"] = "application/json"},
@@ -100,7 +100,8 @@ def csl_pool(n: int) -> list[list[str]]:
 def lua_script(pool: list[list[str]], share: float) -> str:
     # json.dumps with ensure_ascii: pure-ASCII escaped text, safe inside a Lua long string and a JSON body
     rows = ",\n".join("{" + ", ".join("[==[" + json.dumps(s)[1:-1] + "]==]" for s in segs) + "}" for segs in pool)
-    return LUA % {"pool": rows, "share": repr(float(share))}
+    # the nonce keeps one run's unique segments from matching an earlier run's on the same server
+    return LUA % {"pool": rows, "share": repr(float(share)), "nonce": time.time_ns()}
 
 
 def build_model() -> Path:
@@ -155,6 +156,19 @@ def scrape(url: str) -> dict:
     return out
 
 
+def settle(url: str, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+    """Wait until the server has answered what wrk left in flight (its /predict count still for ``quiet_s``),
+    so those answers are not counted in the next run's cache numbers."""
+    last, since, deadline = None, time.monotonic(), time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        count = sum(v for k, v in scrape(url)["buckets"].items() if k == float("inf"))
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
     """Prometheus' histogram_quantile: the bucket holding rank q*n, linear inside it (lower edge 0 for the first)."""
     edges = sorted(buckets)
@@ -173,10 +187,10 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def delta(after: dict, before: dict) -> dict:
-    d = {k: after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses", "errors")}
+    d = {f"cache_{k}": after.get(k, 0) - before.get(k, 0) for k in ("hits", "misses", "errors")}
     d["buckets"] = {k: v - before["buckets"].get(k, 0) for k, v in after["buckets"].items()}
-    seen = d["hits"] + d["misses"]
-    d["hit_rate"] = round(d["hits"] / seen, 4) if seen else None
+    seen = d["cache_hits"] + d["cache_misses"]
+    d["hit_rate"] = round(d["cache_hits"] / seen, 4) if seen else None
     for q in (50, 99):
         v = histogram_quantile(q / 100, d["buckets"])
         d[f"server_p{q}_ms"] = None if v is None else round(1000 * v, 1)
@@ -218,6 +232,7 @@ class Served:
 def wrk(url: str, script: Path, seconds: int, clients: int) -> dict:
     cmd = ["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url + "/predict"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    settle(url)
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     r = json.loads(line[len("WRKJSON "):])
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
@@ -335,8 +350,8 @@ def write(results: dict) -> None:
               "| half | server p50 ms | server p99 ms | cache hits | misses | cache errors | hit rate |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, h in (("Redis up", h1), ("Redis killed", h2)):
-        lines.append(f"| {name} | {h['server_p50_ms']} | {h['server_p99_ms']} | {int(h['hits'])} | {int(h['misses'])} | "
-                     f"{int(h['errors'])} | {h['hit_rate']} |")
+        lines.append(f"| {name} | {h['server_p50_ms']} | {h['server_p99_ms']} | {int(h['cache_hits'])} | {int(h['cache_misses'])} | "
+                     f"{int(h['cache_errors'])} | {h['hit_rate']} |")
     lines += ["", "Cache hit rate against latency (lru; share of segments that repeat):", "",
               "| repeated share | hit rate | req/s | p50 ms | p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results["hit_rate_sweep"] + [lru], key=lambda r: r["share_repeated"]):

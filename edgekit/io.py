@@ -221,13 +221,15 @@ def remove_stale_temporaries(run_dir) -> list[str]:
 RUN_KINDS = {"distill": "distill-run", "prune": "prune-run", "finetune": "finetune-run", "run": "pipeline-run"}
 
 
-def check_run_dir(out: Path, resume: bool, overwrite: bool = False, kind: str = "run") -> None:
+def check_run_dir(out: Path, resume: bool, overwrite: bool = False, kind: str = "run",
+                  skips_finished_work: bool = False) -> None:
     """Whether a stage may write its run directory ``out`` (``kind``: e.g. ``distill-run``).
 
     Missing or empty: a new run. Otherwise it must be an earlier run of the same kind (its marker):
     ``resume`` continues it; ``overwrite`` deletes what that run wrote (refusing, before deleting
     anything, if it holds a file edgekit did not write); a finished run or one with checkpoints is
-    refused without either; one that stopped before its first checkpoint is started again.
+    refused without either; one that stopped before its first checkpoint is started again. ``resume`` of
+    a finished run with no checkpoint left is refused too, unless ``skips_finished_work``.
     """
     out = Path(out)
     command = kind[:-len("-run")] if kind.endswith("-run") else kind
@@ -248,7 +250,15 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool = False, kind: str = 
     if marker["kind"] != kind:
         raise UserError(f"'{out}' holds {outdir.describe(marker['kind'])} written by edgekit, not "
                         f"{outdir.describe(kind)}; choose another --out.")
+    finished = (out / "results.json").exists() or (out / "model" / "config.json").exists()
     if resume:
+        # skips_finished_work: the caller (the pipeline, a learning-rate sweep) re-enters a finished run and skips
+        # what is done; a training stage would instead start again from step 0.
+        if (out / "results.json").exists() and latest_checkpoint(out) is None and not skips_finished_work:
+            # Its checkpoints are gone with the finished run: resuming would silently train it again from step 0.
+            raise UserError(f"'{out}' already holds a finished model of an earlier `edgekit {command}` run; there is "
+                            f"nothing to resume: use it as it is, or pass --overwrite instead of --resume to train "
+                            f"it again.")
         return
     if overwrite:
         if int(os.environ.get("RANK", "0")) == 0:  # one process deletes; the others only check
@@ -256,7 +266,7 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool = False, kind: str = 
         elif outdir.foreign_entries(out):
             outdir.clear_own(out, error=UserError)  # raises the same sentence rank 0 does, deleting nothing
         return
-    if (out / "results.json").exists() or (out / "model" / "config.json").exists():
+    if finished:
         raise UserError(f"'{out}' already holds a finished model of an earlier `edgekit {command}` run; pass "
                         f"--overwrite to replace that run, or choose another --out.")
     if latest_checkpoint(out) is not None:

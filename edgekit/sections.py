@@ -43,3 +43,25 @@ class LateInteractionSection:
     late_layers: int | None = None     # L - L', the layers that run per request; None: off (the paper: 1 to 3)
     max_segments: int = 16             # segments per example (the segment embedding's rows); extras join the last
     max_segment_tokens: int = 64       # tokens per segment, [CLS] and [SEP] included; longer text is truncated
+
+
+@dataclass
+class TaskSection:
+    """The task a model is trained or evaluated on (read by finetune, tune and eval)."""
+
+    name: str = "tnews"
+    data_dir: str | None = None
+    text_field: str | None = None
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    test_file: str | None = None       # a labelled test split (file stem or path); sentiment has one built in
+    provenance: str | None = None      # a file describing the data (default: PROVENANCE.md in data_dir)
+    max_length: int | None = None      # None: the task's CLUE-baseline length (128; CSL 256: finetune/schedule.py)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+    def __post_init__(self):
+        if self.max_length is None:  # resolved here so every reader (export, eval, tune) sees a number
+            from edgekit.finetune.schedule import task_max_length
+
+            self.max_length = task_max_length(self.name)

@@ -242,14 +242,19 @@ def _labels_json(data_dir: Path) -> tuple[list[str], list[str]] | None:
     return labels, descs
 
 
+def _read_line(where: str, build, obj: dict):
+    """``build(obj)`` (a task's text builder or segmenter); a line it cannot read is one sentence naming it."""
+    try:
+        return build(obj)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
+        raise UserError(f"{where} {what}; fix the line.") from None
+
+
 def _segments_of(where: str, obj: dict, spec: TaskSpec) -> list[str]:
     """One example's segments: the task's segmenter, or the list-valued text field (generic sets)."""
     if spec.segment is not None:
-        try:
-            found = spec.segment(obj)
-        except (KeyError, TypeError, ValueError) as e:
-            what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
-            raise UserError(f"{where} {what}; fix the line.") from None
+        found = _read_line(where, spec.segment, obj)
     else:
         found = obj[spec.text]
         if isinstance(found, str):
@@ -277,11 +282,7 @@ def _split(rows, path, spec: TaskSpec, label_ids: dict[str, int], labelled: bool
             segments.append(_segments_of(where, obj, spec))
             text = PAIR_SEPARATOR.join(segments[-1])
         elif spec.build is not None:
-            try:
-                text = spec.build(obj)
-            except (KeyError, TypeError, ValueError) as e:
-                what = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({e})"
-                raise UserError(f"{where} {what}; fix the line.") from None
+            text = _read_line(where, spec.build, obj)
         else:
             text = obj[spec.text]
         if isinstance(text, list):

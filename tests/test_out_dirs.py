@@ -287,3 +287,19 @@ def test_a_file_appearing_after_the_check_is_never_deleted(tmp_path, monkeypatch
     with pytest.raises(BundleError, match="no longer empty"):
         outdir.replace_dir(tmp, final, "bundle", overwrite=False)
     assert (final / "mine.txt").read_text() == "user data"
+
+
+def test_resume_of_a_finished_run_without_checkpoints_is_refused(tmp_path):
+    """A run shorter than save_every finishes with no checkpoint: --resume must not silently train it again."""
+    from edgekit.io import RunDir
+
+    out = tmp_path / "p"
+    run = RunDir(out, "edgekit prune", kind="prune-run")
+    run.write_results({"steps": 24})
+    with pytest.raises(UserError, match=r"already holds a finished model of an earlier `edgekit prune` run; there is "
+                                        r"nothing to resume"):
+        check_run_dir(out, resume=True, kind="prune-run")
+    check_run_dir(tmp_path / "fresh", resume=True, kind="prune-run")  # nothing there yet: a new run
+    pipeline = RunDir(tmp_path / "pipe", "edgekit run", kind="pipeline-run")
+    pipeline.write_results({"stages": []})
+    check_run_dir(tmp_path / "pipe", resume=True, kind="pipeline-run", skips_finished_work=True)  # a pipeline re-run skips finished stages

@@ -172,8 +172,11 @@ def failure_sentence(per_exit: list[dict], precision: str, min_agreement: float,
                 "this is a bug in edgekit's exporter, please report it.")
     e = min(failed, key=lambda e: e["agreement"])
     ties = f", {e['near_ties']} near-tie flip{'s' if e['near_ties'] != 1 else ''} excused" if e["near_ties"] else ""
-    fix = ("use static int8 with --calibration FILE (a few hundred texts like the task's), export fp32, or lower "
-           "--min-agreement if you accept that many changed predictions" if precision == "int8"
+    # Not static int8: the per-layer bundle runs one layer graph at every depth, so one static scale must cover
+    # every depth's range (benchmarks/results/int8_depth.md); dynamic ranges with float modules fare better.
+    fix = ("export with --accuracy-aware (ONNX: Neural Compressor keeps the modules that change predictions in "
+           "float), export fp32, or lower --min-agreement if you accept that many changed predictions"
+           if precision == "int8"
            else "this is likely a bug in edgekit's exporter (please report it), or lower --min-agreement knowingly")
     if generated:  # random token ids are not what the model will see: real texts are the fairer judge
         fix = "check on real texts (--task with --data-dir, or --samples FILE), " + fix

@@ -7,28 +7,8 @@ from dataclasses import dataclass, field, replace
 from edgekit.config import load_config
 from edgekit.errors import UserError
 from edgekit.prune.config import PruneSection
-from edgekit.sections import STAGE_SECTIONS, LateInteractionSection
+from edgekit.sections import STAGE_SECTIONS, LateInteractionSection, TaskSection  # noqa: F401 (re-exported)
 from edgekit.train import TrainConfig
-
-
-@dataclass
-class TaskSection:
-    name: str = "tnews"
-    data_dir: str | None = None
-    text_field: str | None = None
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    test_file: str | None = None       # a labelled test split (file stem or path); sentiment has one built in
-    provenance: str | None = None      # a file describing the data (default: PROVENANCE.md in data_dir)
-    max_length: int | None = None      # None: the task's CLUE-baseline length (128; CSL 256: finetune/schedule.py)
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
-
-    def __post_init__(self):
-        if self.max_length is None:  # resolved here so every reader (export, eval, tune) sees a number
-            from edgekit.finetune.schedule import task_max_length
-
-            self.max_length = task_max_length(self.name)
 
 
 @dataclass

@@ -36,7 +36,7 @@ def run_sweep(cfg, out, run_one, resume: bool = False, stop_after_step: int | No
     if len(set(rates)) != len(rates):
         raise UserError(f"finetune.lr lists a learning rate twice ({rates}); list each rate once.")
     out = Path(out)
-    check_run_dir(out, resume, overwrite, "finetune-run")
+    check_run_dir(out, resume, overwrite, "finetune-run", skips_finished_work=True)
     started = [rate_dir(out, lr) for lr in rates if rate_dir(out, lr).is_dir()]
     if started and not resume and not overwrite:
         raise UserError(f"'{out}' holds an unfinished learning-rate sweep; pass --resume to continue it (finished "

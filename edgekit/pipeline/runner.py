@@ -26,7 +26,8 @@ def run_pipeline(cfg: PipelineConfig, out=None, force: bool = False, command: st
         raise UserError("no run directory given; pass --out RUN or set pipeline.out in the recipe.")
     out = Path(out)
     command = command or " ".join(sys.argv)
-    check_run_dir(out, resume=True, kind=PIPELINE_KIND)  # re-running continues; anything else is refused
+    # re-running continues (finished stages are skipped); anything else is refused
+    check_run_dir(out, resume=True, kind=PIPELINE_KIND, skips_finished_work=True)
     out.mkdir(parents=True, exist_ok=True)
     stages = plan(cfg, out)
     run = RunDir(out, command, kind=PIPELINE_KIND)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgekit.config import load_config
-from edgekit.finetune.config import TaskSection
+from edgekit.sections import TaskSection
 from edgekit.sections import STAGE_SECTIONS
 from edgekit.train import TrainConfig
 
