@@ -418,3 +418,33 @@ def test_segment_settings_are_checked(tiny_classifier):
                               ("max_segment_tokens", 65, "max_segment_tokens must be an integer between 2 and 64")):
         with pytest.raises(UserError, match=match):
             LateInteractionClassifier.from_pretrained(tiny_classifier, late_layers=1, **{key: value})
+
+
+def test_export_parity_check_fails_on_a_bundle_that_disagrees():
+    """The late-interaction export's own gate: a bundle whose logits drift fails with one sentence."""
+    import numpy as np
+
+    from edgekit.errors import UserError
+    from edgekit.late_interaction.export import check_parity
+
+    class Side:
+        max_segments = 4
+
+        def __init__(self, shift):
+            self.shift = shift
+
+        def encode_segments(self, texts):
+            return [np.full((2, 3), float(len(t)), dtype=np.float32) for t in texts]
+
+        def interact(self, requests):
+            return np.array([[sum(float(s.sum()) for s in r), 0.0] for r in requests], dtype=np.float32) + self.shift
+
+    texts = ["甲", "乙乙", "丙丙丙", "丁"]
+    entry = check_parity(Side(0.0), Side(np.float32(1e-5)), texts, "fp32")
+    assert entry["raw_agreement"] == 1.0 and entry["max_abs_diff"] < 1e-3 and entry["samples"] == 3
+    with pytest.raises(UserError) as info:
+        check_parity(Side(0.0), Side(np.array([0.0, 0.5], dtype=np.float32)), texts, "fp32")
+    message = str(info.value)
+    assert "disagree with the checkpoint (max logit difference 5.00e-01" in message and "\n" not in message
+    with pytest.raises(UserError, match="argmax agreement 0.000"):  # int8: no logit bound, but every class flips
+        check_parity(Side(0.0), Side(np.array([0.0, 100.0], dtype=np.float32)), texts, "int8")

@@ -84,7 +84,7 @@ def check_parity(reference, bundle, texts: list[str], precision: str) -> dict:
     agreement = float((expected.argmax(-1) == got.argmax(-1)).mean())
     limit = MAX_LOGIT_DIFF[precision]
     if (limit is not None and diff > limit) or agreement < MIN_AGREEMENT[precision]:
-        raise RuntimeError(f"the exported late-interaction graphs disagree with the checkpoint (max logit difference "
+        raise UserError(f"the exported late-interaction graphs disagree with the checkpoint (max logit difference "
                            f"{diff:.2e}, argmax agreement {agreement:.3f} on {len(requests)} requests); this is a bug "
                            "in edgekit's export, please report it.")
     # the keys of the other layouts' parity entry (edgekit.export.parity), which `edgekit export` prints
