@@ -55,12 +55,24 @@ def run_one(args, task: str, method: str) -> dict:
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "grad_accum": 1, "save_every": args.eval_every,
                   "keep_checkpoints": 1, "log_every": 10, "seed": 0},
     }
-    if args.lr:
-        overrides["train"]["lr"] = args.lr
+    lr = method_lrs(args).get(method, args.lr)
+    if lr:
+        overrides["train"]["lr"] = lr
     cfg = load_tune_config(None, overrides)
     resume = latest_checkpoint(out) is not None
     print(f"== {task} {method} ({'resuming' if resume else 'starting'}) {datetime.datetime.now():%H:%M}", flush=True)
     return tune(cfg, out, resume=resume, command=" ".join(["python", *sys.argv]))
+
+
+def method_lrs(args) -> dict[str, float]:
+    """``--method-lr prompt=3e-3,option=3e-3`` as {method: lr}; one sentence on a bad entry."""
+    out = {}
+    for item in filter(None, (args.method_lr or "").split(",")):
+        name, _, value = item.partition("=")
+        if name not in METHODS or not value:
+            raise SystemExit(f"--method-lr entry {item!r} is not METHOD=LR with METHOD one of {', '.join(METHODS)}.")
+        out[name] = float(value)
+    return out
 
 
 def write_report(args, rows: dict, command: str) -> None:
@@ -71,12 +83,14 @@ def write_report(args, rows: dict, command: str) -> None:
              f"Budget: {args.steps} optimizer steps of {args.batch_size} examples (no accumulation; A.2's global batch "
              f"is 128), max_length {args.max_length}, {args.prompts} soft prompts for prompt/option/option-adapter "
              f"(the last C are the options), dev = the first {args.dev} dev examples, evaluated every "
-             f"{args.eval_every} steps; lr {args.lr or 'A.2 (5e-5 finetune, 1e-4 the others)'}; fine-tuning keeps "
+             f"{args.eval_every} steps; lr {args.lr or 'A.2 (5e-5 finetune, 1e-4 the others)'}"
+             + (f", except {args.method_lr} (per method)" if args.method_lr else "")
+             + " (each run's lr is in its row); fine-tuning keeps "
              "the token embedding table fixed; summary vector = masked token mean (e5's pooling); seed 0.", "",
-             "| method | trainable params | % of e5-small | " + " | ".join(f"{t} dev acc (last / best @step)" for t in tasks)
-             + " | paper (M6-Edge) |", "|---|---:|---:|" + "---:|" * len(tasks) + "---|"]
+             "| method | lr | trainable params | % of e5-small | " + " | ".join(f"{t} dev acc (last / best @step)" for t in tasks)
+             + " | paper (M6-Edge) |", "|---|---:|---:|---:|" + "---:|" * len(tasks) + "---|"]
     for method in [m for m in METHODS if m in args.methods.split(",")]:
-        cells, trainable, pct = [], "", ""
+        cells, trainable, pct, lrs = [], "", "", set()
         for t in tasks:
             r = rows.get((t, method))
             if r is None:
@@ -85,9 +99,10 @@ def write_report(args, rows: dict, command: str) -> None:
             last = r["history"][-1]["accuracy"]
             cells.append(f"{100 * last:.2f} / {100 * r['dev_accuracy']:.2f} @{r['best_step']}")
             trainable, pct = f"{r['trainable_parameters']:,}", f"{r['trainable_percent']:.3f}%"
+            lrs.add(f"{r['lr']:g}")
         paper = PAPER.get(method)
         paper_cell = ", ".join(f"{t} {100 * paper[t]:.1f}" for t in tasks if t in paper) if paper else "(not in Table 8)"
-        lines.append(f"| {method} | {trainable} | {pct} | " + " | ".join(cells) + f" | {paper_cell} |")
+        lines.append(f"| {method} | {' / '.join(sorted(lrs))} | {trainable} | {pct} | " + " | ".join(cells) + f" | {paper_cell} |")
     lines += ["", "Seconds per run: " + ", ".join(f"{t}/{m} {r['seconds']:.0f}" for (t, m), r in rows.items()), ""]
     lines += ordering_notes(rows, tasks)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -159,11 +174,13 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=400)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--method-lr", default=None, help="per-method learning rates, e.g. prompt=3e-3,option=3e-3")
     ap.add_argument("--out", default=str(ROOT / "runs" / "tune-clue"))
     ap.add_argument("--name", default="tune_clue", help="results file stem in benchmarks/results")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "clue"))
     args = ap.parse_args()
     command = "python benchmarks/tune_clue.py " + " ".join(sys.argv[1:])
+    method_lrs(args)
     rows = {}
     for t in args.tasks.split(","):
         for m in METHODS:
