@@ -16,10 +16,11 @@ pruned to 80%, fine-tuned on TNEWS; its vocabulary trimmed to the corpus). Rows:
 - **trained, 21,128-row table**: the same weights with the word-embedding table padded to the
   21,128 rows of bert-base-chinese with elements drawn from the trained table (seed 0), what an
   untrimmed vocabulary costs.
-- **table at 4 bits** (an experiment, not an export option): the trained table snapped to 15
-  levels (-7..7) of one step per tensor (ONNX: its Gather has one scale per table) or per row
-  (TFLite: one scale per row), so the stored int8 codes take 15 values; size, the table's
-  relative error and accuracy.
+- **table at 4 bits**: ``--model`` exported with ``edgekit export --embedding-bits 4``
+  (``edgekit.quantize.table_bits``): the word-embedding table snapped to 15 levels (-7..7) of one
+  step per table (ONNX: its Gather has one int8 scale per table) or per row (TFLite: one scale per
+  row), so the stored int8 codes take 15 values; size, the table's relative error and accuracy.
+  Its parity gate compares the bundle with the original checkpoint.
 
 Per tensor (trained ONNX int8): elements, share non-zero, order-0 entropy of the non-zero int8
 values and of the bit mask, the floor ``nonzero * H(values) / 8 + elements * H(p) / 8`` bytes.
@@ -117,20 +118,6 @@ def resample_rows(table: np.ndarray, rows: int = FULL_VOCAB, seed: int = 0):
                                             "extra_rows": "elements drawn i.i.d. from the trained table"}
 
 
-def snap_levels(table: np.ndarray, bits: int = 4, per_row: bool = False):
-    """``step * round(W / step)`` with ``step = max|W| / (2^(bits-1) - 1)`` per tensor or per row.
-
-    Returns the table and its relative error ``||W' - W||_F / ||W||_F``. Zeros stay zero; a
-    non-zero weight under step/2 becomes zero (counted)."""
-    levels = 2 ** (bits - 1) - 1
-    amax = np.abs(table).max(axis=1, keepdims=True) if per_row else np.abs(table).max()
-    step = np.where(amax > 0, amax / levels, 1.0)
-    snapped = (np.round(table / step) * step).astype(np.float32)
-    error = float(np.linalg.norm(snapped - table) / np.linalg.norm(table))
-    newly_zero = int(((snapped == 0) & (table != 0)).sum())
-    return snapped, {"bits": bits, "per_row": per_row, "relative_error": round(error, 5), "newly_zero": newly_zero}
-
-
 def _entropy(counts: np.ndarray) -> float:
     q = counts[counts > 0] / counts.sum()
     return float(-(q * np.log2(q)).sum())
@@ -162,11 +149,12 @@ def _gzip_bytes(bundle: Path) -> int:
                and not p.name.startswith("."))
 
 
-def export_row(model: Path, out: Path, fmt: str, int8, texts: list[str]) -> dict:
+def export_row(model: Path, out: Path, fmt: str, int8, texts: list[str], embedding_bits: int = 8) -> dict:
     import edgekit_device
 
     start = time.time()
-    export_model(model, out, format=fmt, int8=int8, sample_texts=texts, min_agreement=0.0)
+    export_model(model, out, format=fmt, int8=int8, sample_texts=texts, min_agreement=0.0,
+                 embedding_bits=embedding_bits)
     manifest = json.loads((out / "manifest.json").read_text())
     precision = "int8" if int8 else "fp32"
     parity = manifest["parity"]
@@ -175,7 +163,8 @@ def export_row(model: Path, out: Path, fmt: str, int8, texts: list[str]) -> dict
            "dense_bytes": sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.startswith(".")),
            "gzip_bytes": _gzip_bytes(out), "packed": {},
            "parity": {k: parity.get(k) for k in ("samples", "agreement", "max_abs_diff")},
-           "parity_gate": GATE[precision]}
+           "parity_gate": GATE[precision],
+           "embedding_snap": (manifest.get("quantization") or {}).get("embedding_snap")}
     row["parity"]["passes_gate"] = parity.get("agreement", 0) >= GATE[precision]
     for codec in ("xz", "zlib"):
         packed = out.with_name(f"{out.name}.{codec}.edgepack")
@@ -214,23 +203,23 @@ def main() -> dict:
                                                                     parity_texts)
                    for fmt in ("onnx", "tflite") for int8 in (False, "dynamic")}
         tensors = tensor_table(work / "onnx-dynamic")
-        variants = {"21,128-row table": _edit_table(args.model, work / "full-vocab", resample_rows),
-                    "table at 4 bits, per tensor": _edit_table(args.model, work / "t4", snap_levels),
-                    "table at 4 bits, per row": _edit_table(args.model, work / "t4r",
-                                                            lambda t: snap_levels(t, per_row=True))}
+        full_vocab = _edit_table(args.model, work / "full-vocab", resample_rows)
         variant_rows = {
             "21,128-row table": {fmt: export_row(work / "full-vocab", work / f"full-{fmt}", fmt, "dynamic",
                                                  parity_texts) for fmt in ("onnx", "tflite")},
-            "table at 4 bits, per tensor": {"onnx": export_row(work / "t4", work / "t4-onnx", "onnx", "dynamic",
-                                                               parity_texts)},
-            "table at 4 bits, per row": {"tflite": export_row(work / "t4r", work / "t4r-tflite", "tflite",
-                                                              "dynamic", parity_texts)},
+            "table at 4 bits (--embedding-bits 4)": {fmt: export_row(args.model, work / f"t4-{fmt}", fmt, "dynamic",
+                                                                     parity_texts, embedding_bits=4)
+                                                     for fmt in ("onnx", "tflite")},
         }
+        variants = {"21,128-row table": full_vocab,
+                    "table at 4 bits (--embedding-bits 4)": {
+                        fmt: row["embedding_snap"]
+                        for fmt, row in variant_rows["table at 4 bits (--embedding-bits 4)"].items()}}
         reference = deepest_predictions(args.model, eval_texts)
         accuracy = {"examples": len(eval_texts), "checkpoint": float((reference == gold).mean())}
         for name, path in (("onnx int8", work / "onnx-dynamic"), ("tflite int8", work / "tflite-dynamic"),
-                           ("onnx int8, table at 4 bits per tensor", work / "t4-onnx"),
-                           ("tflite int8, table at 4 bits per row", work / "t4r-tflite")):
+                           ("onnx int8, table at 4 bits (one step per table)", work / "t4-onnx"),
+                           ("tflite int8, table at 4 bits (one step per row)", work / "t4-tflite")):
             pred = deepest_predictions(path, eval_texts)
             acc = float((pred == gold).mean())
             accuracy[name] = {"accuracy": acc, "agreement": float((pred == reference).mean()),

@@ -50,7 +50,7 @@ def run_one(args, task: str, method: str) -> dict:
         "model": "e5-small",
         "task": {"name": task, "data_dir": str(Path(args.data_dir) / task), "max_length": args.max_length,
                  "max_eval_examples": args.dev},
-        "tune": {"method": method, "eval_every": args.eval_every, "prompts": args.prompts,
+        "tune": {"method": method, "eval_every": args.eval_every, "prompts": prompts_for(args, task, method),
                  "freeze_embeddings": method == "finetune"},
         "train": {"max_steps": args.steps, "batch_size": args.batch_size, "grad_accum": 1, "save_every": args.eval_every,
                   "keep_checkpoints": 1, "log_every": 10, "seed": 0},
@@ -62,6 +62,15 @@ def run_one(args, task: str, method: str) -> dict:
     resume = latest_checkpoint(out) is not None
     print(f"== {task} {method} ({'resuming' if resume else 'starting'}) {datetime.datetime.now():%H:%M}", flush=True)
     return tune(cfg, out, resume=resume, command=" ".join(["python", *sys.argv]))
+
+
+def prompts_for(args, task: str, method: str) -> int:
+    """``--prompts``, raised to the task's class count for option methods (the last C prompts are the options)."""
+    if method not in ("option", "option-adapter"):
+        return args.prompts
+    from edgekit.tasks import load_task
+
+    return max(args.prompts, load_task(task, Path(args.data_dir) / task).num_labels)
 
 
 def method_lrs(args) -> dict[str, float]:

@@ -37,6 +37,29 @@ MAX_LENGTH_HELP = "Longest input in tokens (default: the length the model was fi
 MODEL_HELP = "a checkpoint directory, or the run directory of the stage that wrote it"
 
 
+def training_run_options(set_example: str):
+    """The options every training stage ends with: --set (its help shows one of the stage's own
+    keys, ``set_example``), --resume and --overwrite."""
+
+    def decorate(command):
+        command = click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)(command)
+        command = click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")(command)
+        return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                            help=f"Override any recipe key, e.g. {set_example}.")(command)
+
+    return decorate
+
+
+def _run_training(run, cfg, out, resume: bool, overwrite: bool, **kwargs) -> dict | None:
+    """``run`` (a training stage) with this command line recorded in its run directory; None, after
+    saying how to continue, when Ctrl-C stopped it at a checkpoint."""
+    result = run(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]), **kwargs)
+    if result.get("interrupted"):
+        click.echo(f"stopped at step {result['step']}; continue with --resume")
+        return None
+    return result
+
+
 class TaskOption(click.Option):
     """``--task``: its help lists ``edgekit.tasks.task_names()``, the one list every command shares,
     computed only when help is shown (the task registry imports torch)."""
@@ -152,9 +175,7 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
 @click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. student.num_layers=4.")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@training_run_options("student.num_layers=4")
 def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method, max_steps, batch_size, lr, sets, resume,
             overwrite):
     """MiniLM relation distillation of a teacher into an ALBERT-style student."""
@@ -164,9 +185,8 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
                                     "teacher.layer": teacher_layer, "distill.method": method,
                                     "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
     cfg = load_distill_config(recipe, overrides)
-    result = run_distill(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
-    if result.get("interrupted"):
-        click.echo(f"stopped at step {result['step']}; continue with --resume")
+    result = _run_training(run_distill, cfg, out, resume, overwrite)
+    if result is None:
         return
     click.echo(f"student: {result['model_dir']}  ({result['parameters']:,} parameters, "
                f"final loss {result['final_metrics'].get('loss')})")
@@ -190,9 +210,7 @@ def distill(recipe, teacher_path, corpus, text_field, out, teacher_layer, method
 @click.option("--max-steps", type=int, help="Optimizer steps.")
 @click.option("--batch-size", type=int, help="Examples per process per micro-batch.")
 @click.option("--lr", type=float, help="Peak learning rate.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe key, e.g. prune.initial_sparsity=0.1.")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@training_run_options("prune.initial_sparsity=0.1")
 def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, end_step, frequency, scope, include,
           exclude, early_exit, max_steps, batch_size, lr, sets, resume, overwrite):
     """Gradual magnitude pruning (cubic schedule) with the weighted early-exit distillation loss."""
@@ -204,9 +222,8 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
                                     "prune.exclude": exclude, "early_exit.enabled": early_exit,
                                     "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
     cfg = load_prune_config(recipe, overrides)
-    result = run_prune(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
-    if result.get("interrupted"):
-        click.echo(f"stopped at step {result['step']}; continue with --resume")
+    result = _run_training(run_prune, cfg, out, resume, overwrite)
+    if result is None:
         return
     click.echo(f"pruned student: {result['model_dir']}  ({result['nonzero_parameters']:,} of "
                f"{result['parameters']:,} parameters non-zero; report in {out}/sparsity.json)")
@@ -234,10 +251,7 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
 @click.option("--late-interaction", is_flag=True,
               help="Train for multi-segment late interaction (examples are lists of segments; default 3 late layers).")
 @click.option("--late-layers", type=int, help="Layers that run per request over all segments (implies --late-interaction).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe key, e.g. train.lr=1e-4 or finetune.freeze_embeddings=true.")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@training_run_options("train.lr=1e-4 or finetune.freeze_embeddings=true")
 def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field, label_field, out, early_exit,
              max_steps, epochs, batch_size, lr, teacher_run, eval_every, late_interaction, late_layers, sets, resume,
              overwrite):
@@ -256,9 +270,8 @@ def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field
     cfg = load_finetune_config(recipe, overrides)
     if late_interaction and cfg.late_interaction.late_layers is None:
         cfg.late_interaction.late_layers = 3  # the paper's L - L' = 3 (Table 6's better row)
-    result = run_finetune(cfg, out, resume=resume, overwrite=overwrite, command="edgekit " + " ".join(sys.argv[1:]))
-    if result.get("interrupted"):
-        click.echo(f"stopped at step {result['step']}; continue with --resume")
+    result = _run_training(run_finetune, cfg, out, resume, overwrite)
+    if result is None:
         return
     per_exit = ", ".join(f"{100 * a:.1f}" for a in result["dev_accuracy_per_exit"])
     click.echo(f"{result['task']}: dev accuracy {100 * result['dev_accuracy']:.2f}% (per exit: {per_exit}"
@@ -278,10 +291,7 @@ def finetune(recipe, model_dir, task_name, data_dir, text_field, text_pair_field
 @click.option("--batch-size", type=int, help="Examples per micro-batch (global batch: x train.grad_accum).")
 @click.option("--lr", type=float, help="Peak learning rate (default 5e-5 for finetune, 1e-4 otherwise).")
 @click.option("--eval-every", type=int, help="Evaluate on dev every N steps (and at the end).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe key, e.g. tune.adapter_sharing=shared or task.max_length=64.")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@training_run_options("tune.adapter_sharing=shared or task.max_length=64")
 def tune_cmd(recipe, model_dir, task_name, method, data_dir, out, prompts, max_steps, batch_size, lr, eval_every, sets,
              resume, overwrite):
     """Option tuning and its baselines (M6-Rec 3.4, Table 8): a small task file on a frozen base."""
@@ -290,10 +300,8 @@ def tune_cmd(recipe, model_dir, task_name, method, data_dir, out, prompts, max_s
     overrides = _overrides(sets, **{"model": model_dir, "task.name": task_name, "task.data_dir": data_dir,
                                     "tune.method": method, "tune.prompts": prompts, "tune.eval_every": eval_every,
                                     "train.max_steps": max_steps, "train.batch_size": batch_size, "train.lr": lr})
-    result = tune(load_tune_config(recipe, overrides), out, resume=resume, overwrite=overwrite,
-                  command="edgekit " + " ".join(sys.argv[1:]), echo=click.echo)
-    if result.get("interrupted"):
-        click.echo(f"stopped at step {result['step']}; continue with --resume")
+    result = _run_training(tune, load_tune_config(recipe, overrides), out, resume, overwrite, echo=click.echo)
+    if result is None:
         return
     click.echo(f"{result['task']} ({result['method']}, {result['trainable_percent']:.3f}% of the base trained): dev "
                f"accuracy {100 * result['dev_accuracy']:.2f}%; task file: {result['task_file']} "
@@ -396,8 +404,11 @@ def predict(model, texts, exit_layer, patience, entropy, max_length, as_json):
 @click.option("--accuracy-aware", type=float, is_flag=False, flag_value=0.99, default=None,
               help="Dynamic int8 ONNX: Neural Compressor keeps modules in float, head first, until every exit agrees "
                    "with the float model on this share of the calibration (else parity) texts (bare flag: 0.99).")
+@click.option("--embedding-bits", type=int, default=8, show_default=True,
+              help="int8 bundles: snap each row of the word-embedding table to 2^N-1 levels (2..8; 4 makes the packed "
+                   "download smaller; 8 leaves the table as it is); parity still compares with the checkpoint.")
 def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_name, data_dir, samples, text_field,
-           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite, accuracy_aware):
+           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite, accuracy_aware, embedding_bits):
     """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch.
 
     MODEL_DIR: a fine-tuned checkpoint, or the `edgekit finetune` run directory that wrote it."""
@@ -423,12 +434,15 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_
     path = export_model(model_dir, out, format=fmt, int8=False if int8 == "none" else int8, exit_layer=exit_layer, max_length=max_length,
                         sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
                         pack_codec=pack_codec, min_agreement=min_agreement, sample_source=sample_source,
-                        overwrite=overwrite, accuracy_aware=False if accuracy_aware is None else accuracy_aware)
+                        overwrite=overwrite, accuracy_aware=False if accuracy_aware is None else accuracy_aware,
+                        embedding_bits=embedding_bits)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
     exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
     ties = f", {parity['near_ties']} near-tie flips excused" if parity["near_ties"] else ""
-    click.echo(f"wrote {path}: {m['format']} {m['precision']} {m['layout']} ({exits}), {sizes['dense_bytes']:,} bytes "
+    bits = (m.get("quantization") or {}).get("embedding_bits", 8)
+    table = f" (word-embedding table at {bits} bits)" if bits != 8 else ""
+    click.echo(f"wrote {path}: {m['format']} {m['precision']}{table} {m['layout']} ({exits}), {sizes['dense_bytes']:,} bytes "
                f"(gzip {sizes['gzip_bytes']:,}); parity on {parity['samples']} {parity['inputs']}: argmax agreement "
                f"{parity['raw_agreement']:.1%} at the worst exit{ties} (threshold {parity['min_agreement']:.1%}), "
                f"max |Δlogit| {parity['max_abs_diff']:.2g}")

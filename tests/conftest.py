@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,44 @@ def tiny_distill_overrides(teacher: Path, corpus: Path, **train) -> dict:
         "train": {"max_steps": 8, "batch_size": 8, "lr": 1e-3, "save_every": 4, "log_every": 1,
                   "warmup_ratio": 0.0, **train},
     }
+
+
+def write_separable_task(path: Path, train: int = 200, dev: int = 40, seed: int = 0) -> Path:
+    """A two-class task a keyword decides: JSON lines {"review": filler + 好极了 (pos) or 糟透了 (neg)
+    + filler, "y": "pos" | "neg"}, labels alternating, filler drawn from ``seed``; the first
+    ``train`` lines are train.jsonl, the next ``dev`` dev.jsonl. A tiny model learns it in ~60 steps."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(train + dev):
+        label = i % 2
+        filler = "".join(rng.choice("今天我们去买东西看电影吃饭") for _ in range(rng.randint(2, 8)))
+        text = f"{filler}{'好极了' if label else '糟透了'}{filler}"
+        lines.append(json.dumps({"review": text, "y": "pos" if label else "neg"}, ensure_ascii=False))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.jsonl").write_text("\n".join(lines[:train]) + "\n", encoding="utf-8")
+    (path / "dev.jsonl").write_text("\n".join(lines[train:]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def separable(tmp_path_factory) -> Path:
+    """``write_separable_task``'s 200 train and 40 dev lines (read only: tests write elsewhere)."""
+    return write_separable_task(tmp_path_factory.mktemp("separable"))
+
+
+def make_tiny_albert(path: Path, num_layers: int = 2) -> Path:
+    """An untrained ALBERT student (hidden 32, 2 heads, embedding 16, seed 0) with the
+    bert-base-chinese tokenizer, saved as a student checkpoint directory."""
+    from transformers import BertTokenizer
+
+    from edgekit.checkpoint import save_model_dir
+    from edgekit.student import StudentConfig, build_student
+
+    tok = BertTokenizer.from_pretrained(VOCAB.parent)
+    model = build_student(StudentConfig(num_layers=num_layers, num_heads=2, hidden_size=32, embedding_size=16,
+                                        intermediate_size=64, max_position_embeddings=64), len(tok), seed=0)
+    save_model_dir(model, path, tok, {"kind": "student"})
+    return path
 
 
 TINY_CLASSIFIER = {"num_layers": 4, "num_heads": 2, "hidden_size": 32, "embedding_size": 16, "intermediate_size": 64,

@@ -1,11 +1,10 @@
 """Tasks, fine-tuning with the early-exit loss, and prediction at fixed and dynamic exits."""
 
 import json
-import random
 
 import pytest
 
-from conftest import DATA, ROOT, VOCAB
+from conftest import DATA, ROOT, make_tiny_albert
 from edgekit.errors import UserError
 from edgekit.tasks import load_task
 from test_cli_errors import assert_clean_error, run_cli
@@ -25,33 +24,9 @@ def test_clue_loaders_on_real_lines():
     assert "，" in keywords and abstract == csl.train.pairs[0]  # keywords joined, then the abstract
 
 
-@pytest.fixture()
-def separable(tmp_path):
-    rng = random.Random(0)
-    lines = []
-    for i in range(240):
-        label = i % 2
-        word = "好极了" if label else "糟透了"
-        filler = "".join(rng.choice("今天我们去买东西看电影吃饭") for _ in range(rng.randint(2, 8)))
-        lines.append(json.dumps({"review": f"{filler}{word}{filler}", "y": "pos" if label else "neg"}, ensure_ascii=False))
-    (tmp_path / "train.jsonl").write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
-    (tmp_path / "dev.jsonl").write_text("\n".join(lines[200:]) + "\n", encoding="utf-8")
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def tiny_albert(tmp_path_factory):
-    from transformers import BertTokenizer
-
-    from edgekit.checkpoint import save_model_dir
-    from edgekit.student import StudentConfig, build_student
-
-    tok = BertTokenizer.from_pretrained(VOCAB.parent)
-    model = build_student(StudentConfig(num_layers=3, num_heads=2, hidden_size=32, embedding_size=16,
-                                        intermediate_size=64, max_position_embeddings=64), len(tok), seed=0)
-    out = tmp_path_factory.mktemp("albert") / "student"
-    save_model_dir(model, out, tok, {"kind": "student"})
-    return out
+    return make_tiny_albert(tmp_path_factory.mktemp("albert") / "student", num_layers=3)
 
 
 def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separable, tmp_path):

@@ -1,14 +1,13 @@
 """Issue 12's fine-tuning features: epoch defaults, length-bucketed batches, task distillation with
 cached teacher logits, the learning-rate sweep and task-level pruning (tiny models, seconds each)."""
 
-import json
 import math
 import random
 
 import pytest
 import torch
 
-from conftest import VOCAB, clue_sentences
+from conftest import clue_sentences, make_tiny_albert
 from edgekit.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: threads only contend
@@ -106,34 +105,15 @@ def test_soft_label_loss_hand_computed():
 # --- end to end on a tiny student -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def separable(tmp_path_factory):
-    rng = random.Random(0)
-    lines = []
-    for i in range(240):
-        label = i % 2
-        word = "好极了" if label else "糟透了"
-        filler = "".join(rng.choice("今天我们去买东西看电影吃饭") for _ in range(rng.randint(2, 8)))
-        lines.append(json.dumps({"review": f"{filler}{word}{filler}", "y": "pos" if label else "neg"}, ensure_ascii=False))
-    path = tmp_path_factory.mktemp("separable")
-    (path / "train.jsonl").write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
-    (path / "dev.jsonl").write_text("\n".join(lines[200:]) + "\n", encoding="utf-8")
-    (path / "unlabeled.txt").write_text("看电影好极了\n吃饭糟透了\n买东西好极了\n", encoding="utf-8")
+def unlabeled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("unlabeled") / "unlabeled.txt"
+    path.write_text("看电影好极了\n吃饭糟透了\n买东西好极了\n", encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
 def tiny_albert(tmp_path_factory):
-    from transformers import BertTokenizer
-
-    from edgekit.checkpoint import save_model_dir
-    from edgekit.student import StudentConfig, build_student
-
-    tok = BertTokenizer.from_pretrained(VOCAB.parent)
-    model = build_student(StudentConfig(num_layers=2, num_heads=2, hidden_size=32, embedding_size=16,
-                                        intermediate_size=64, max_position_embeddings=64), len(tok), seed=0)
-    out = tmp_path_factory.mktemp("albert") / "student"
-    save_model_dir(model, out, tok, {"kind": "student"})
-    return out
+    return make_tiny_albert(tmp_path_factory.mktemp("albert") / "student")
 
 
 def _cfg(model, data, **over):
@@ -167,7 +147,8 @@ def test_epochs_give_the_steps_and_lr_default(tiny_albert, separable, tmp_path):
     assert "non-embedding parameters" in s["source"]["lr"] and s["source"]["max_steps"].startswith("train.epochs")
 
 
-def test_task_distillation_caches_teacher_logits(tiny_albert, separable, teacher_run, tmp_path, monkeypatch):
+def test_task_distillation_caches_teacher_logits(tiny_albert, separable, unlabeled, teacher_run, tmp_path,
+                                                 monkeypatch):
     import edgekit.finetune.logit_cache as lc
     from edgekit.finetune import finetune
 
@@ -175,7 +156,7 @@ def test_task_distillation_caches_teacher_logits(tiny_albert, separable, teacher
     real = lc.compute_teacher_logits
     monkeypatch.setattr(lc, "compute_teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
     over = {"finetune": {"teacher_run": str(teacher_run), "logit_cache": str(tmp_path / "cache"),
-                         "unlabeled": [str(separable / "unlabeled.txt")], "alpha": 0.7, "temperature": 2.0}}
+                         "unlabeled": [str(unlabeled)], "alpha": 0.7, "temperature": 2.0}}
     first = finetune(_cfg(tiny_albert, separable, **over), tmp_path / "s1")
     assert calls == [1] and first["task_distill"]["cached"] is False
     assert first["train_examples"] == 203 and first["task_distill"]["unlabeled_examples"] == 3

@@ -8,13 +8,12 @@ bundle; an int8 bundle of a trained classifier passes on its own dev texts.
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB
+from conftest import make_tiny_albert, write_separable_task
 from edgekit.errors import UserError
 from edgekit.export import parity
 from edgekit.export.parity import (MIN_AGREEMENT, NEAR_TIE_MARGIN, argmax_agreement, failure_sentence, judge_exit,
@@ -107,34 +106,17 @@ def test_noisy_15_class_logits_fail_the_gate():
 
 @pytest.fixture(scope="module")
 def separable(tmp_path_factory):
-    """A two-class task a keyword decides: 200 train and 100 dev lines of JSON."""
-    d = tmp_path_factory.mktemp("separable")
-    rng = random.Random(0)
-    lines = []
-    for i in range(300):
-        label = i % 2
-        filler = "".join(rng.choice("今天我们去买东西看电影吃饭") for _ in range(rng.randint(2, 8)))
-        text = f"{filler}{'好极了' if label else '糟透了'}{filler}"
-        lines.append(json.dumps({"review": text, "y": "pos" if label else "neg"}, ensure_ascii=False))
-    (d / "train.jsonl").write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
-    (d / "dev.jsonl").write_text("\n".join(lines[200:]) + "\n", encoding="utf-8")
-    return d
+    """``write_separable_task`` with 100 dev lines: the parity figures below count them."""
+    return write_separable_task(tmp_path_factory.mktemp("separable"), dev=100)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, separable):
     """A tiny 3-layer ALBERT student fine-tuned 60 steps on ``separable`` (dev accuracy 1.0)."""
-    from transformers import BertTokenizer
-
-    from edgekit.checkpoint import save_model_dir
     from edgekit.finetune import finetune, load_finetune_config
-    from edgekit.student import StudentConfig, build_student
 
     root = tmp_path_factory.mktemp("trained")
-    tok = BertTokenizer.from_pretrained(VOCAB.parent)
-    student = build_student(StudentConfig(num_layers=3, num_heads=2, hidden_size=32, embedding_size=16,
-                                          intermediate_size=64, max_position_embeddings=64), len(tok), seed=0)
-    save_model_dir(student, root / "student", tok, {"kind": "student"})
+    make_tiny_albert(root / "student", num_layers=3)
     cfg = load_finetune_config(None, {
         "model": str(root / "student"),
         "task": {"name": "jsonl", "data_dir": str(separable), "text_field": "review", "label_field": "y",

@@ -35,14 +35,13 @@ _BERT_LIKE = QKVAdapter(
     value=r"(^|\.)encoder\.layer\.\d+\.attention\.self\.value$",
 )
 
+# Families whose modules are named like BERT's (encoder.layer.N...): every per-family registry
+# (these Q/K/V adapters, tune's FFN sites) maps them all to one entry, so a family added here is
+# added everywhere at once.
+BERT_LIKE_FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "megatron-bert")
+
 ADAPTERS: dict[str, QKVAdapter] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "camembert": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "ernie": _BERT_LIKE,
-    "megatron-bert": _BERT_LIKE,
+    **dict.fromkeys(BERT_LIKE_FAMILIES, _BERT_LIKE),
     "albert": QKVAdapter(
         query=r"(^|\.)encoder\.albert_layer_groups\.\d+\.albert_layers\.\d+\.attention\.query$",
         key=r"(^|\.)encoder\.albert_layer_groups\.\d+\.albert_layers\.\d+\.attention\.key$",

@@ -122,7 +122,7 @@ def _check_pack_path(path, overwrite: bool) -> None:
 def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False, exit_layer: int | None = None,
                  max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
                  pack_codec: str = "zlib", min_agreement: float | None = None, sample_source: str | None = None,
-                 overwrite: bool = False, accuracy_aware: bool | float = False) -> Path:
+                 overwrite: bool = False, accuracy_aware: bool | float = False, embedding_bits: int = 8) -> Path:
     """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
 
     Args:
@@ -151,6 +151,11 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
             modules kept in float (``quantize.inc.float_modules_by_inc``) until every exit agrees with
             the float model on at least this share (True: 0.99) of the calibration texts, else the
             sample texts (then the gate judges the texts the choice was made on).
+        embedding_bits: int8 bundles only: 2..7 snaps the word-embedding table of the exported copy
+            to ``2**bits - 1`` levels per row, one step per row (TFLite) or per table (ONNX), as the
+            format's int8 scale (``quantize.table_bits``: a smaller packed download); 8 (default)
+            leaves it. The parity gate compares the bundle with the original checkpoint, so it
+            judges the snapping too.
     """
     import edgekit_device
     from edgekit_device.pack import CODECS
@@ -175,6 +180,12 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         raise UserError(f"pack codec must be one of {', '.join(CODECS)}, got {pack_codec!r}.")
     calibration_texts = [t for t in (calibration_texts or []) if t and t.strip()]
     scheme = _int8_scheme(int8, calibration_texts)
+    from edgekit.quantize.table_bits import DEFAULT_BITS, check_bits, snap_word_embeddings
+
+    embedding_bits = check_bits(embedding_bits)
+    if embedding_bits != DEFAULT_BITS and scheme is None:
+        raise UserError("--embedding-bits applies to int8 bundles (an fp32 table stores 32 bits per weight "
+                        "whatever its levels); add --int8 or drop --embedding-bits.")
     from edgekit.checkpoint import check_model_dir, default_max_length
 
     model_dir = check_model_dir(model_dir)  # a run directory names the model it wrote
@@ -186,6 +197,8 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         if max_length is not None:
             raise UserError("a late-interaction bundle's length is the checkpoint's max_segment_tokens; "
                             "drop --max-length.")
+        if embedding_bits != DEFAULT_BITS:
+            raise UserError("--embedding-bits does not support late-interaction bundles yet; drop it.")
         from edgekit.late_interaction.export import export_late_interaction
 
         return export_late_interaction(model_dir, out, int8=int8 if not calibration_texts else "static",
@@ -229,6 +242,7 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         float_modules = _float_modules(classifier, accuracy_aware, format, scheme, device_tokenizer,
                                        calibration_texts or sample_texts, max_length)
     model = export_copy(classifier)
+    snapped = snap_word_embeddings(model, embedding_bits, format)  # the copy only: parity compares with `classifier`
     out = Path(out)
     default_exit = exit_layer or depth
     with atomic_dir(out, BUNDLE_KIND, overwrite) as tmp:
@@ -238,6 +252,9 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         else:
             graphs, quantization = _tflite_backend().write_tflite(model, tokenizer, tmp, layout, default_exit,
                                                                   max_length, scheme, calibration_texts)
+        if quantization is not None:
+            quantization = {**quantization, "embedding_bits": embedding_bits,
+                            **({"embedding_snap": snapped} if snapped else {})}
         write_device_files(tmp, spec, labels)
         from edgekit import __version__
 
@@ -259,8 +276,14 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         }
         manifest = write_manifest(tmp, manifest)
         predictor = edgekit_device.Predictor(edgekit_device.load_bundle(tmp), threads=2)
-        manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source, min_agreement,
-                                          inputs)
+        try:
+            manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source,
+                                              min_agreement, inputs)
+        except UserError as e:
+            if not snapped:
+                raise
+            raise UserError(f"{str(e).rstrip('.')}; or raise --embedding-bits above {embedding_bits} (each row of "
+                            f"the word-embedding table is on {snapped['levels_per_row']} levels now).") from None
         write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", "sizes")})
     if pack:
         edgekit_device.pack(out, packed_path(out), codec=pack_codec, overwrite=overwrite)

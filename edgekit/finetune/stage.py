@@ -106,6 +106,12 @@ class EvalCallback:
                 self.save(self.module, self.run.path / "best")
         return result
 
+    def evaluate_last(self, step: int) -> None:
+        """Evaluate the final ``step`` too, unless ``every`` already did: the best model is chosen
+        among all evaluations, and the last steps' training must count."""
+        if not self.history or self.history[-1]["step"] != step:
+            self.evaluate(step)
+
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "history": self.history}
 
@@ -267,8 +273,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     outcome = trainer.train(stop_after_step=stop_after_step)
     if outcome["interrupted"]:
         return {"interrupted": True, "step": outcome["step"], "run_dir": str(out)}
-    if cfg.train.max_steps % cfg.finetune.eval_every:
-        evaluator.evaluate(trainer.step)
+    evaluator.evaluate_last(trainer.step)
     best_dir = out / "best"
     from edgekit.io import atomic_dir
 

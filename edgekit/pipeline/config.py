@@ -62,6 +62,8 @@ class ExportSection:
     parity_examples: int = 256         # dev texts the export's parity check runs (the gate counts changed predictions)
     min_agreement: float | None = None # share of those texts on which every exit must predict PyTorch's class
                                        # (default: 0.999 fp32, 0.98 int8; export/parity.py says why)
+    embedding_bits: int = 8            # int8 only: 2..7 snaps each word-embedding row to 2^bits-1 levels
+                                       # (quantize/table_bits.py: a smaller download); 8 leaves the table
 
 
 @dataclass
@@ -112,6 +114,17 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
             and cfg.export.pack_codec != "zlib":
         raise UserError("export.phone: tflite makes the tflite bundle the phone app's, and the app decodes zlib packs, "
                         f"not {cfg.export.pack_codec}; set export.pack_codec: zlib (or export.phone: none).")
+    if cfg.export.embedding_bits != 8:
+        from edgekit.quantize.table_bits import check_bits
+
+        try:
+            check_bits(cfg.export.embedding_bits)
+        except UserError:
+            raise UserError(f"export.embedding_bits must be an integer from 2 to 8 (8 leaves the table as int8 "
+                            f"export stores it), got {cfg.export.embedding_bits!r}.") from None
+        if cfg.export.int8 == "none":
+            raise UserError("export.embedding_bits applies to int8 bundles; set export.int8: dynamic (or static), "
+                            "or export.embedding_bits: 8.")
     if cfg.export.parity_examples < 1:
         raise UserError(f"export.parity_examples must be at least 1, got {cfg.export.parity_examples!r}.")
     return cfg

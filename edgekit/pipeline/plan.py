@@ -149,7 +149,9 @@ def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool 
     name = f"{'phone' if phone else 'export'}/{entry.name}"
     return Stage(name, "export", out / name,
                  # without `phone`: choosing whether a phone bundle is made does not redo this one
-                 {"export": {k: v for k, v in to_dict(e).items() if k != "phone"}, "max_length": max_length},
+                 # nor does the default embedding_bits: bundles exported before the key existed stay done
+                 {"export": {k: v for k, v in to_dict(e).items()
+                             if k != "phone" and not (k == "embedding_bits" and v == 8)}, "max_length": max_length},
                  [f"finetune/{entry.name}"],
                  f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle"
                  + (" for the phone app" if phone_stage_name(cfg, entry.name) == name else ""),

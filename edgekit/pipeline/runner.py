@@ -129,13 +129,15 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
     export_model(model_dir, directory / "bundle", format=e.format, int8=int8, exit_layer=e.exit_layer,
                  max_length=job["max_length"], sample_texts=task.dev.texts[:e.parity_examples],
                  calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
-                 min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split")
+                 min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split",
+                 embedding_bits=e.embedding_bits)
     manifest = read_json(directory / "bundle" / "manifest.json")
     packed = packed_path(directory / "bundle")
     results = {"stage": "export", "bundle": str(directory / "bundle"),
                "packed": str(packed) if e.pack else None,
                "packed_bytes": packed.stat().st_size if e.pack else None,
                "format": manifest["format"], "precision": manifest["precision"], "layout": manifest["layout"],
+               "embedding_bits": (manifest["quantization"] or {}).get("embedding_bits", 8),
                "sizes": manifest["sizes"], "parity": manifest["parity"],
                "seconds": round(time.perf_counter() - start, 1)}
     RunDir(directory, command).write_config({"model": str(model_dir), "export": to_dict(e),

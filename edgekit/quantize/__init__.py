@@ -4,6 +4,7 @@ quantized model still matches its float original (outputs, and the zeros pruning
 The stage's entry point is ``quantize_pytorch`` (``edgekit quantize``, in ``stage.py``; Neural Compressor itself in ``inc.py``): a checkpoint
 directory in, an int8 PyTorch program out. The int8 of exported graphs belongs to each export
 backend (``edgekit.export.onnx``, ``edgekit.export.tflite``); ``checks.py`` serves both.
+``table_bits.py`` snaps an embedding table's rows to fewer levels (``edgekit export --embedding-bits``).
 """
 
 from edgekit.quantize.checks import ZeroReport, agreement, pruned_masks, zeros_kept

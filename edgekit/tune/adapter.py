@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekit.distill.adapters import BERT_LIKE_FAMILIES
 from edgekit.errors import UserError
 
 SHARINGS = ("per-depth", "shared")
@@ -98,13 +99,7 @@ _BERT_LIKE = FFNSite(ffn_in=r"(^|\.)encoder\.layer\.\d+\.intermediate$",
                      ffn_out=r"(^|\.)encoder\.layer\.\d+\.output\.dense$")
 
 FFN_SITES: dict[str, FFNSite] = {
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "camembert": _BERT_LIKE,
-    "electra": _BERT_LIKE,
-    "ernie": _BERT_LIKE,
-    "megatron-bert": _BERT_LIKE,
+    **dict.fromkeys(BERT_LIKE_FAMILIES, _BERT_LIKE),
     "albert": FFNSite(ffn_in=r"(^|\.)encoder\.albert_layer_groups\.\d+\.albert_layers\.\d+\.ffn$",
                       ffn_out=r"(^|\.)encoder\.albert_layer_groups\.\d+\.albert_layers\.\d+\.ffn_output$"),
     "distilbert": FFNSite(ffn_in=r"(^|\.)transformer\.layer\.\d+\.ffn\.lin1$",

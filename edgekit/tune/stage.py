@@ -154,8 +154,7 @@ def tune(cfg: TuneConfig, out, resume: bool = False, stop_after_step: int | None
     outcome = trainer.train(stop_after_step=stop_after_step)
     if outcome["interrupted"]:
         return {"interrupted": True, "step": outcome["step"], "run_dir": str(out)}
-    if not evaluator.history or evaluator.history[-1]["step"] != trainer.step:
-        evaluator.evaluate(trainer.step)
+    evaluator.evaluate_last(trainer.step)
     if dist.is_main:
         claim(out / TASK_FILE)
         tmp = out / f".{TASK_FILE}.tmp-{os.getpid()}"
