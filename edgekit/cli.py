@@ -231,7 +231,7 @@ def prune(recipe, model_dir, sparsity, out, teacher_path, corpus, begin_step, en
 
 @app.command()
 @click.option("--recipe", type=click.Path(), help="YAML recipe; its task/finetune/train sections are read.")
-@click.option("--model", "model_dir", help="Model to fine-tune: a student (early exits) or any encoder; "
+@click.option("--model", "model_dir", help="Model to fine-tune: a student (early exits), any encoder, or 'e5-small'; "
               + MODEL_HELP + ".")
 @click.option("--task", "task_name", cls=TaskOption, help="Task to fine-tune on")
 @click.option("--data-dir", help="Directory with the task's train and dev files.")

@@ -117,3 +117,21 @@ def test_cluewsc_marks_both_spans(tmp_path):
     (tmp_path / "dev.json").write_text(json.dumps(bad, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"dev.json:1 is malformed \(span2_text '他' is not at span2_index 2\)"):
         load_task("cluewsc", tmp_path)
+
+
+def test_finetune_accepts_the_builtin_teacher_by_name(tiny_teacher, separable, tmp_path, monkeypatch):
+    """`edgekit finetune --model e5-small` fine-tunes the built-in teacher, as `tune --model` and
+    `distill --teacher` accept it (here the name resolves to a tiny BERT so the test stays cheap)."""
+    import edgekit.finetune.stage as stage
+    from edgekit.finetune import finetune, load_finetune_config
+
+    asked = []
+    monkeypatch.setattr(stage, "resolve_teacher", lambda name: asked.append(name) or tiny_teacher)
+    cfg = load_finetune_config(None, {
+        "model": "e5-small",
+        "task": {"name": "jsonl", "data_dir": str(separable), "text_field": "review", "label_field": "y", "max_length": 16},
+        "train": {"max_steps": 2, "batch_size": 8, "save_every": 2, "log_every": 1},
+    })
+    result = finetune(cfg, tmp_path / "run")
+    assert asked == ["e5-small"] and result["steps"] == 2
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
