@@ -99,7 +99,7 @@ def write_report(args, rows: dict, command: str) -> None:
              "| method | lr | trainable params | % of e5-small | " + " | ".join(f"{t} dev acc (last / best @step)" for t in tasks)
              + " | paper (M6-Edge) |", "|---|---:|---:|---:|" + "---:|" * len(tasks) + "---|"]
     for method in [m for m in METHODS if m in args.methods.split(",")]:
-        cells, trainable, pct, lrs = [], "", "", set()
+        cells, trainable, pct, lrs = [], [], [], set()
         for t in tasks:
             r = rows.get((t, method))
             if r is None:
@@ -107,13 +107,16 @@ def write_report(args, rows: dict, command: str) -> None:
                 continue
             last = r["history"][-1]["accuracy"]
             cells.append(f"{100 * last:.2f} / {100 * r['dev_accuracy']:.2f} @{r['best_step']}")
-            trainable, pct = f"{r['trainable_parameters']:,}", f"{r['trainable_percent']:.3f}%"
+            trainable.append(f"{r['trainable_parameters']:,}")
+            pct.append(f"{r['trainable_percent']:.3f}%")
             lrs.add(f"{r['lr']:g}")
         paper = PAPER.get(method)
         paper_cell = ", ".join(f"{t} {100 * paper[t]:.1f}" for t in tasks if t in paper) if paper else "(not in Table 8)"
+        # per task, in the tasks' order (the option count follows the task's classes)
+        trainable, pct = " / ".join(trainable), " / ".join(pct)
         lines.append(f"| {method} | {' / '.join(sorted(lrs))} | {trainable} | {pct} | " + " | ".join(cells) + f" | {paper_cell} |")
     lines += ["", "Seconds per run: " + ", ".join(f"{t}/{m} {r['seconds']:.0f}" for (t, m), r in rows.items()), ""]
-    lines += ordering_notes(rows, tasks)
+    lines += ordering_notes(rows, tasks, {t: majority_share(args, t) for t in tasks})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_json(RESULTS / f"{args.name}.json", {
@@ -123,28 +126,49 @@ def write_report(args, rows: dict, command: str) -> None:
     plot(rows, tasks, RESULTS / f"{args.name}_accuracy_vs_steps.png")
 
 
-def ordering_notes(rows: dict, tasks: list[str]) -> list[str]:
-    """Whether the paper's ordering (option-adapter ≥ finetune > option > prompt) holds, per task."""
+def majority_share(args, task: str) -> float:
+    """The share of the most frequent label among the first ``--dev`` dev examples (what a model that
+    learnt nothing scores)."""
+    from collections import Counter
+
+    from edgekit.tasks import load_task
+
+    labels = list(load_task(task, Path(args.data_dir) / task).dev.labels)[: args.dev]
+    return max(Counter(labels).values()) / len(labels)
+
+
+def ordering_notes(rows: dict, tasks: list[str], majority: dict[str, float] | None = None) -> list[str]:
+    """Whether the paper's ordering (option-adapter ≥ finetune > option > prompt) holds, per task; a
+    comparison of two methods that both score the majority class is marked as carrying no signal."""
     out = []
+    majority = majority or {}
     for t in tasks:
         acc = {m: rows[(t, m)]["history"][-1]["accuracy"] for m in METHODS if (t, m) in rows}
         if not all(m in acc for m in ("finetune", "prompt", "option", "option-adapter")):
             continue
         n = rows[(t, "finetune")]["dev_examples"]
+        floor = majority.get(t, -1.0) + 0.5 / n  # accuracies are float32 counts over n examples
 
         def verdict(a: str, b: str, strict: bool) -> str:
             ok = acc[a] > acc[b] if strict else acc[a] >= acc[b]
             p = (acc[a] + acc[b]) / 2
             noise = 2 * math.sqrt(2 * p * (1 - p) / n)  # two standard errors of a difference of two accuracies
+            if max(acc[a], acc[b]) <= floor:
+                return "no signal (both at the majority class)"
             return ("yes" if ok else "NO") + (" (within noise)" if abs(acc[a] - acc[b]) < noise else "")
 
         checks = [("option-adapter ≥ finetune", verdict("option-adapter", "finetune", False)),
                   ("finetune > option", verdict("finetune", "option", True)),
                   ("option > prompt", verdict("option", "prompt", True))]
         within = acc["finetune"] - acc["option-adapter"] <= 0.01
+        at_majority = [m for m in acc if acc[m] <= floor]
+        within_note = "no signal (both at the majority class)" if max(acc["finetune"], acc["option-adapter"]) <= floor \
+            else ("yes" if within else "NO")
         out.append(f"{t} (last-step accuracy, {n} dev examples; 'within noise': a gap under two standard errors): "
                    + "; ".join(f"{name}: {v}" for name, v in checks)
-                   + f"; option-adapter within 1 point of finetune: {'yes' if within else 'NO'}.")
+                   + f"; option-adapter within 1 point of finetune: {within_note}"
+                   + (f"; majority class {100 * majority[t]:.2f}%, scored by: {', '.join(at_majority) or 'none'}" if t in majority
+                      else "") + ".")
     return out
 
 
