@@ -71,3 +71,14 @@ def test_a_shared_adapter_equals_per_depth_adapters_with_the_same_weights(studen
         assert torch.allclose(one, base.encode(embeds, batch["attention_mask"], tied.stacked()), atol=1e-6)
         tied.lam[0] = 0.0
         assert not torch.allclose(one, base.encode(embeds, batch["attention_mask"], tied.stacked()), atol=1e-4)
+
+
+def test_auto_sharing_is_shared_on_albert_and_per_depth_on_bert(student, tiny_teacher):
+    """The default ``tune.adapter_sharing: auto``: one adapter for ALBERT's shared layer, one per layer
+    elsewhere."""
+    from edgekit.checkpoint import load_encoder, load_tokenizer
+    from edgekit.tune.model import Base
+
+    assert _spec(student, "option-adapter", sharing=None).adapter_count == 1 < student[0].depth
+    bert = (Base(load_encoder(tiny_teacher)).eval(), load_tokenizer(tiny_teacher))
+    assert _spec(bert, "option-adapter", sharing=None).adapter_count == bert[0].depth > 1

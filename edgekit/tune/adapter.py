@@ -14,9 +14,9 @@ and LayerNorm, which is where FFN(Z) ends in BERT and ALBERT alike.
 The model is not modified: forward hooks on each family's FFN modules (one registry, like the
 Q/K/V adapters of ``edgekit.distill.adapters``) read Z and add the term. FFN calls are counted in
 order, so call i is depth i: BERT has one FFN per layer; ALBERT's one shared layer is called L
-times, and ``sharing`` says whether each depth gets its own adapter (``per-depth``, the default:
-the paper's "every layer", read as every application of a layer) or all depths one adapter
-(``shared``, as ALBERT shares the layer itself).
+times, and ``sharing`` says whether each depth gets its own adapter (``per-depth``: the paper's
+"every layer", read as every application of a layer) or all depths one adapter (``shared``, as
+ALBERT shares the layer itself; ``auto``, the default, picks it for ALBERT, per-depth elsewhere).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 from edgekit.distill.adapters import BERT_LIKE_FAMILIES
 from edgekit.errors import UserError
 
-SHARINGS = ("per-depth", "shared")
+SHARINGS = ("auto", "per-depth", "shared")
 
 
 def adapter_rank(hidden: int, heads: int) -> int:

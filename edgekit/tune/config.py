@@ -27,7 +27,9 @@ class TuneSection:
     prompts: int | None = None                 # N soft prompts, the C options included; None: ~1% of the model, ≤ 128
     pooling: str = "auto"                      # summary vector: cls, mean, or auto (what the checkpoint was trained with)
     adapter_rank: int | None = None            # r; None: hidden size / attention heads (A.2)
-    adapter_sharing: Literal["per-depth", "shared"] = "per-depth"  # ALBERT's shared layer: an adapter per depth or one
+    # an adapter per depth or one for all depths; auto: shared on ALBERT (whose one layer is applied L times,
+    # so per-depth would hold L adapters: 19% of the paper-shape student), per-depth elsewhere
+    adapter_sharing: Literal["auto", "per-depth", "shared"] = "auto"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1

@@ -59,7 +59,7 @@ def build_spec(cfg: TuneConfig, base: Base, tokenizer, num_labels: int, pooling:
         spec.adapter_rank = t.adapter_rank or adapter_rank(base.hidden, base.heads)
         if spec.adapter_rank < 1:
             raise UserError(f"tune.adapter_rank must be at least 1, got {spec.adapter_rank}.")
-        shared = t.adapter_sharing == "shared"
+        shared = t.adapter_sharing == "shared" or (t.adapter_sharing == "auto" and base.model_type == "albert")
         spec.adapter_count = 1 if shared else base.depth
     if method == "lora":
         if t.lora_rank < 1:
