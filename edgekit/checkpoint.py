@@ -152,10 +152,11 @@ def _locate(run: Path, recorded: str, role: str) -> Path:
                     "model directory itself.")
 
 
-def check_model_dir(path, role: str = "model") -> Path:
+def check_model_dir(path, role: str = "model", builtin: bool = False) -> Path:
     """The checkpoint directory ``path`` names (see ``resolve_model_dir``); a UserError unless it is a
-    Hugging Face checkpoint directory with weights."""
-    p = resolve_model_dir(path, role)
+    Hugging Face checkpoint directory with weights. With ``builtin``, a built-in teacher's name
+    (``e5-small``) names its imported checkpoint, imported on first use."""
+    p = resolve_teacher(str(path)) if builtin and str(path) in BUILTIN_TEACHERS else resolve_model_dir(path, role)
     if not p.exists():
         raise UserError(f"{role} directory '{path}' does not exist; check the path"
                         + (" or use the built-in teacher 'e5-small'." if role == "teacher" else "."))

@@ -122,11 +122,11 @@ def test_cluewsc_marks_both_spans(tmp_path):
 def test_finetune_accepts_the_builtin_teacher_by_name(tiny_teacher, separable, tmp_path, monkeypatch):
     """`edgekit finetune --model e5-small` fine-tunes the built-in teacher, as `tune --model` and
     `distill --teacher` accept it (here the name resolves to a tiny BERT so the test stays cheap)."""
-    import edgekit.finetune.stage as stage
+    import edgekit.checkpoint as checkpoint
     from edgekit.finetune import finetune, load_finetune_config
 
     asked = []
-    monkeypatch.setattr(stage, "resolve_teacher", lambda name: asked.append(name) or tiny_teacher)
+    monkeypatch.setattr(checkpoint, "resolve_teacher", lambda name: asked.append(name) or tiny_teacher)
     cfg = load_finetune_config(None, {
         "model": "e5-small",
         "task": {"name": "jsonl", "data_dir": str(separable), "text_field": "review", "label_field": "y", "max_length": 16},

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekit.checkpoint import (BUILTIN_TEACHERS, check_model_dir, load_config_of, load_tokenizer, read_meta,
-                                resolve_teacher, save_model_dir)
+from edgekit.checkpoint import check_model_dir, load_config_of, load_tokenizer, read_meta, save_model_dir
 from edgekit.config import to_dict
 from edgekit.data import TokenizedCorpus
 from edgekit.errors import UserError
@@ -173,8 +172,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
                          overwrite=overwrite)
     if cfg.finetune.eval_every < 1:
         raise UserError(f"finetune.eval_every must be at least 1, got {cfg.finetune.eval_every}.")
-    # the built-in teacher by name, as `distill --teacher` and `tune --model` accept it
-    model_dir = check_model_dir(resolve_teacher(cfg.model) if cfg.model in BUILTIN_TEACHERS else cfg.model)
+    model_dir = check_model_dir(cfg.model, builtin=True)  # 'e5-small' too, as `tune --model` accepts it
     check_run_dir(out, resume, overwrite, "finetune-run")
     t = cfg.task
     # never the test split: the best checkpoint is chosen on dev, and test stays unseen until eval

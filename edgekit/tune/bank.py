@@ -33,9 +33,9 @@ from edgekit.tune.taskfile import check_base, load_task_tensors, read_task_meta
 
 
 def _resolve_base(base) -> Path:
-    from edgekit.checkpoint import BUILTIN_TEACHERS, check_model_dir, resolve_model_dir, resolve_teacher
+    from edgekit.checkpoint import check_model_dir
 
-    return check_model_dir(resolve_teacher(base) if str(base) in BUILTIN_TEACHERS else resolve_model_dir(base))
+    return check_model_dir(base, builtin=True)
 
 
 class TaskBank:

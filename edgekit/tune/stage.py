@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from edgekit.checkpoint import (BUILTIN_TEACHERS, check_model_dir, load_encoder, load_tokenizer, resolve_model_dir,
-                                resolve_teacher)
+from edgekit.checkpoint import check_model_dir, load_encoder, load_tokenizer
 from edgekit.config import to_dict
 from edgekit.data import ResumableBatches, TokenizedCorpus
 from edgekit.errors import UserError
@@ -105,8 +104,7 @@ def tune(cfg: TuneConfig, out, resume: bool = False, stop_after_step: int | None
     if cfg.tune.freeze_embeddings and cfg.tune.method != "finetune":
         raise UserError(f"tune.freeze_embeddings applies to the finetune method only; the {cfg.tune.method} method "
                         "already keeps the base frozen.")
-    model_dir = check_model_dir(resolve_teacher(cfg.model) if cfg.model in BUILTIN_TEACHERS
-                                else resolve_model_dir(cfg.model))
+    model_dir = check_model_dir(cfg.model, builtin=True)
     check_run_dir(out, resume, overwrite, RUN_KIND)
     t = cfg.task
     task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field,
