@@ -3,6 +3,9 @@ distillation, pruning that keeps accuracy, the shipped int8 bundle, early exit o
 
     python benchmarks/clue.py [--recipe recipes/clue_e5_task.yaml] [--out runs/clue-task] [--data-dir ../shared/data/clue]
     python benchmarks/clue.py --smoke          # minutes: a tiny teacher and student, a few steps; proves the wiring
+    python benchmarks/clue.py --teacher-run csl=runs/teacher-csl5 --teacher-run tnews=runs/teacher-tnews
+                                               # adopt finished `edgekit finetune --model e5-small` runs as the
+                                               # teacher rows instead of fine-tuning the teacher again (hours)
 
 Stage by stage, each resumable (rerun the same command after a kill: finished stages are skipped,
 an interrupted fine-tuning continues from its checkpoint):
@@ -94,6 +97,28 @@ def smoke_setup(out: Path) -> dict:
         "export": {"phone": "none", "pack": False, "parity_examples": 16},
         "eval": {"max_examples": 48},
     }
+
+
+def teacher_run_overrides(cfg, pairs: list[str]) -> dict:
+    """``--teacher-run TASK=PATH`` (repeatable) as an override of ``pipeline.tasks`` (their ``teacher_run``)."""
+    from edgekit.config import to_dict
+    from edgekit.errors import UserError
+
+    runs = {}
+    for pair in pairs:
+        task, _, path = pair.partition("=")
+        if not task or not path:
+            raise UserError(f"--teacher-run takes TASK=PATH, got '{pair}'; e.g. --teacher-run csl=runs/teacher-csl.")
+        runs[task] = path
+    names = [e.name for e in cfg.pipeline.tasks]
+    unknown = [t for t in runs if t not in names]
+    if unknown:
+        raise UserError(f"--teacher-run names task '{unknown[0]}', which the recipe does not run ({', '.join(names)}); "
+                        "name one of those tasks.")
+    if not runs:
+        return {}
+    return {"pipeline": {"tasks": [{**to_dict(e), **({"teacher_run": runs[e.name]} if e.name in runs else {})}
+                                   for e in cfg.pipeline.tasks]}}
 
 
 def _finetune_stage(directory: Path, cfg, echo) -> dict:
@@ -199,10 +224,14 @@ def main() -> dict:
     ap.add_argument("--name", default=None, help="results file stem (default: the recipe's name)")
     ap.add_argument("--force", action="store_true", help="redo pipeline stages whose recipe changed (edgekit run --force)")
     ap.add_argument("--smoke", action="store_true", help="a few-minute wiring check; results stay in OUT/benchmark")
+    ap.add_argument("--teacher-run", action="append", default=None, metavar="TASK=PATH",
+                    help="adopt a finished `edgekit finetune` run of the teacher on TASK as its teacher row "
+                         "(pipeline.tasks[].teacher_run); repeatable")
     args = ap.parse_args()
     command = "python benchmarks/clue.py" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-        if v not in (None, False))
+        if v not in (None, False) and not isinstance(v, list)) + "".join(
+        f" --teacher-run {p}" for p in args.teacher_run or [])
     recipe = ROOT / args.recipe if not Path(args.recipe).is_absolute() else Path(args.recipe)
     overrides = {"pipeline": {"data_dir": args.data_dir}} if args.data_dir else {}
     name = args.name or Path(args.recipe).stem
@@ -212,6 +241,8 @@ def main() -> dict:
         overrides = merge(smoke_setup(out), overrides)
         results_dir, name = out / "benchmark", f"{name}_smoke"
     cfg = load_pipeline_config(recipe, overrides)
+    if args.teacher_run:
+        cfg = load_pipeline_config(recipe, merge(overrides, teacher_run_overrides(cfg, args.teacher_run)))
     start = time.perf_counter()
     report = run_pipeline(cfg, out, force=args.force, command=command)
     sparsity = float(cfg.prune.get("prune", {}).get("sparsity", 0.8))
@@ -294,4 +325,9 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from edgekit.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # one sentence, no traceback
+        sys.exit(f"error: {e}")

@@ -77,10 +77,10 @@ RESULTS_FILE = "results.json"
 def _is_checkpoint(p: Path) -> bool:
     """A Hugging Face directory: a config.json that is a model config, not a run's recorded config."""
     config = p / "config.json"
-    return config.is_file() and not _run_config(p)
+    return config.is_file() and not run_config_of(p)
 
 
-def _run_config(p: Path) -> dict | None:
+def run_config_of(p: Path) -> dict | None:
     """The config.json an edgekit run directory records (``{"command": ..., "config": ...}``), or None."""
     config = p / "config.json"
     if not (config.is_file() and (p / "versions.json").is_file()):
@@ -112,7 +112,7 @@ def resolve_model_dir(path, role: str = "model", bundles: bool = False) -> Path:
     p = Path(path)
     if not p.is_dir() or _is_checkpoint(p) or (p / "manifest.json").is_file():
         return p
-    run_config = _run_config(p)
+    run_config = run_config_of(p)
     if run_config is None:
         return p
     if isinstance(run_config.get("config"), dict) and "pipeline" in run_config["config"]:

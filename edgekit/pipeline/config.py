@@ -34,6 +34,9 @@ class TaskEntry:
     max_steps: int | None = None
     teacher_max_steps: int | None = None   # the teacher row's steps (default: max_steps)
     eval_every: int | None = None
+    # a finished `edgekit finetune` run of pipeline.teacher on this task: the teacher row adopts it
+    # (a symlink, no copy) instead of fine-tuning the teacher again (pipeline/adopt.py)
+    teacher_run: str | None = None
 
 
 @dataclass
@@ -107,6 +110,10 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
     names = [t.name for t in cfg.pipeline.tasks]
     if len(set(names)) != len(names):
         raise UserError(f"pipeline.tasks names a task twice ({', '.join(names)}); list each task once.")
+    adopting = [t.name for t in cfg.pipeline.tasks if t.teacher_run]
+    if adopting and "teacher" not in cfg.pipeline.references:
+        raise UserError(f"pipeline task {adopting[0]} has a teacher_run but pipeline.references has no teacher row "
+                        "to adopt it into; add teacher to pipeline.references, or drop teacher_run.")
     # Checked here, not at export: a bad gate setting should not surface after hours of training.
     if cfg.export.min_agreement is not None and not 0.0 <= cfg.export.min_agreement <= 1.0:
         raise UserError(f"export.min_agreement must be between 0 and 1, got {cfg.export.min_agreement!r}.")
@@ -138,7 +145,7 @@ def task_config(cfg: PipelineConfig, entry: TaskEntry, model: str, reference: st
     if reference == "teacher":
         base = merge(base, cfg.teacher_finetune)
     task = {k: v for k, v in to_dict(entry).items()
-            if k not in ("max_steps", "teacher_max_steps", "eval_every") and v is not None}
+            if k not in ("max_steps", "teacher_max_steps", "eval_every", "teacher_run") and v is not None}
     if "data_dir" not in task and cfg.pipeline.data_dir:
         task["data_dir"] = str(Path(cfg.pipeline.data_dir) / entry.name)
     over = {"model": model, "task": task}

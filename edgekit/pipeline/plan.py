@@ -36,7 +36,8 @@ ROW_NAMES = {
 @dataclass
 class Stage:
     name: str                         # e.g. "finetune/tnews"
-    kind: Literal["distill", "prune", "baseline", "finetune", "export", "eval"]  # the entry point that runs it
+    # the entry point that runs it (adopt: the teacher row linked from a finished run, pipeline/adopt.py)
+    kind: Literal["distill", "prune", "baseline", "finetune", "adopt", "export", "eval"]
     directory: Path
     config: dict                      # what the stage's fingerprint covers (with its inputs)
     inputs: list[str] = field(default_factory=list)  # names of stages it reads
@@ -104,7 +105,9 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
         if "baseline" in refs:
             stages.append(finetune_stage(f"reference/baseline/{t}", out / "baseline" / "model", "baseline",
                                          ["baseline"], entry, "fine-tune the undistilled student (reference)"))
-        if "teacher" in refs:
+        if "teacher" in refs and entry.teacher_run:
+            stages.append(_adopt_stage(out, entry, teacher_spec))
+        elif "teacher" in refs:
             stages.append(finetune_stage(f"reference/teacher/{t}", teacher_spec, "teacher", [], entry,
                                          "fine-tune the teacher (upper reference)"))
         stages.append(_export_stage(cfg, out, entry))
@@ -136,6 +139,19 @@ def phone_stage_name(cfg: PipelineConfig, task: str) -> str | None:
     if cfg.export.phone == "none":
         return None
     return f"export/{task}" if cfg.export.format == "tflite" else f"phone/{task}"
+
+
+def _adopt_stage(out: Path, entry: TaskEntry, teacher_spec: str) -> Stage:
+    """The teacher row from a finished finetune run (checked now, before hours of distillation); its
+    fingerprint holds the run's path and results, so a re-run teacher redoes what reads it."""
+    from edgekit.pipeline.adopt import check_teacher_run
+
+    found = check_teacher_run(entry.teacher_run, entry.name, teacher_spec)
+    name = f"reference/teacher/{entry.name}"
+    return Stage(name, "adopt", out / name,
+                 {"teacher": teacher_spec, "adopt": {"run": str(found["run"]),
+                                                     "results_sha256": found["results_sha256"]}},
+                 [], f"adopt the finished teacher run {found['run']}", found)
 
 
 def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool = False) -> Stage:
@@ -201,7 +217,9 @@ def decide(stage: Stage, fingerprint: str, force: bool) -> str:
         if done.get("fingerprint") == fingerprint:
             return "done"
         why = _changed_keys(done.get("config", {}), stage.config)
-        reason = (f"its recipe changed ({', '.join(why[:4])})" if why else
+        adopted = why and all(k.startswith("adopt.") for k in why)
+        reason = (f"the teacher run it adopts changed ({', '.join(why)})" if adopted else
+                  f"its recipe changed ({', '.join(why[:4])})" if why else
                   f"a stage it reads ({', '.join(stage.inputs)}) was redone")
     elif stage.directory.exists() and any(stage.directory.iterdir()):
         previous = stage.directory / STARTED_FILE

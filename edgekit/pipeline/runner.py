@@ -117,6 +117,12 @@ def _finetune(stage: Stage, resume: bool, command: str) -> dict:
     return finetune(cfg, stage.directory, resume=resume, command=command)
 
 
+def _adopt(stage: Stage, resume: bool, command: str) -> dict:
+    from edgekit.pipeline.adopt import adopt_teacher_run
+
+    return adopt_teacher_run(stage.job["run"], stage.job["model_dir"], stage.directory)
+
+
 def _export(stage: Stage, resume: bool, command: str) -> dict:
     from edgekit.export import export_model, packed_path
     from edgekit.tasks import load_task
@@ -162,6 +168,6 @@ def _eval(stage: Stage, resume: bool, command: str) -> dict:
 
 
 ENTRY_POINTS: dict[str, Callable[[Stage, bool, str], dict]] = {
-    "distill": _distill, "prune": _prune, "baseline": _baseline, "finetune": _finetune, "export": _export,
-    "eval": _eval,
+    "distill": _distill, "prune": _prune, "baseline": _baseline, "finetune": _finetune, "adopt": _adopt,
+    "export": _export, "eval": _eval,
 }
