@@ -212,6 +212,7 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
 
     # 2. time everything in interleaved rounds
     measured_at = time.time()
+    load_at_timing = os.getloadavg()[0]  # conversion above may overlap other jobs; timing is what must be idle
     timings = _measure(runners, rounds)
     print(f"timed {len(runners)} runners x {rounds} rounds in {time.time() - measured_at:.0f} s", flush=True)
     profiles = {precision: {"fallbacks": sorted(([op, dtype, n] for (op, dtype), n in
@@ -232,7 +233,7 @@ def run(quick: bool, peer_python: str | None, work: Path) -> dict:
     teacher_bytes = sum(p.numel() * 4 for p in teacher.parameters())
     return {"rows": out, "peer": peer, "profiles": profiles,
             "profile_shape": {"seq": lengths[-1], "exit": exits[-1]}, "teacher_fp32_bytes": teacher_bytes, "logit_scale": logit_scale,
-            "exits": list(exits), "lengths": list(lengths), "runs": rounds,
+            "exits": list(exits), "lengths": list(lengths), "runs": rounds, "load_at_timing": round(load_at_timing, 2),
             "seconds": round(time.time() - started, 1)}
 
 
@@ -334,8 +335,9 @@ def markdown(result: dict, command: str) -> str:
     rows = result["rows"]
     mb = lambda b: "" if b is None else f"{b / 1e6:.1f}"  # noqa: E731
     lines = [f"Command: `{command}`  ", f"Date: {result['date']}  ",
-             f"Machine: {result['machine']}, shared with other jobs (load average {result['load_before']} before, "
-             f"{result['load_after']} after); batch 1, one thread everywhere  ",
+             f"Machine: {result['machine']} (load average {result['load_before']} at the start, "
+             f"{result.get('load_at_timing', result['load_before'])} when timing began, {result['load_after']} after); "
+             "batch 1, one thread everywhere  ",
              f"Versions: {result['versions']}", "",
              "Student: 24 shared layers, hidden 768, 16 heads, E=128, vocabulary 21,128, 15 labels, every embedding and "
              "linear weight pruned to 80%. Teacher: BERT-large shape (24 layers, hidden 1024, 16 heads, FFN 4096), fp32, "
@@ -346,7 +348,7 @@ def markdown(result: dict, command: str) -> str:
              "core gives; wall time includes waiting for a core on this shared machine." +
              (" The load average was above the core count during this run: CPU times then also include the "
               "slowdown of sharing caches and memory bandwidth (fp32 GEMMs suffer most), so compare rows of this "
-              "run with each other, not with another run's." if result["load_before"] > _cores() else ""), "",
+              "run with each other, not with another run's." if result.get("load_at_timing", result["load_before"]) > _cores() else ""), "",
              "Sizes are the graph files; gzip (level 6) shows what pruning saves in a download (dense formats store "
              "zeros). The last column compares each runtime's logits with PyTorch fp32 on the timed input; the random "
              f"student's logits have |x| ≤ {result['logit_scale']:.2f}.", ""]

@@ -11,7 +11,7 @@
 // in the JSON file, so no Unicode support of the JS engine is used. Runs in browsers and Node.
 
 export const FORMAT = "edgekit-device-tokenizer";
-export const VERSION = 1;
+export const VERSION = 2; // the newest version written; version 1 is read too
 const UNK_PENALTY = 10.0; // an unknown character scores min_score - 10
 
 export class TokenizerError extends Error {}
@@ -19,6 +19,117 @@ export class TokenizerError extends Error {}
 const cpOf = (c) => c.codePointAt(0);
 const chars = (text) => Array.from(text); // code points, as Python sees a str
 const utf8Length = (text) => new TextEncoder().encode(text).length;
+
+// ---------------------------------------------------------------------------------------------
+// Version 2 -> version 1 (export/BUNDLE.md, "Version 2"): expand_v2 of the Python reference.
+// Ranges [d0, n0, d1, n1, ...]: end = 0, per pair a = end + d, end = a + n; valued ranges
+// {value: flat} merged and sorted by start. Scores: bits = cumulative sum of f32, score = the double
+// whose 64 bits are those of (double) float32-from-bits plus ulp (BigInt: exact 64-bit add).
+// Character maps (precompiled map; codepoint map map, whose keys are then written in hex):
+// cumulative codepoints are the keys of replacements, plus other.
+
+const integer = (x, what) => {
+  if (!Number.isSafeInteger(x)) throw new TokenizerError(`device tokenizer version 2: ${what} must be an integer; re-export the bundle.`);
+  return x;
+};
+
+function flatRanges(flat) {
+  flat = flat || [];
+  if (flat.length % 2) throw new TokenizerError("device tokenizer version 2: a range list has an odd length; re-export the bundle.");
+  const out = [];
+  let end = 0;
+  for (let i = 0; i < flat.length; i += 2) {
+    const a = end + integer(flat[i], "a range start");
+    end = a + integer(flat[i + 1], "a range length");
+    out.push([a, end]);
+  }
+  return out;
+}
+
+function valuedRanges(byValue) {
+  const out = [];
+  for (const [value, flat] of Object.entries(byValue || {})) for (const [a, z] of flatRanges(flat)) out.push([a, z, value]);
+  return out.sort((x, y) => x[0] - y[0]);
+}
+
+function decodeScores(encoded, count) {
+  const { f32, ulp } = encoded || {};
+  if (encoded?.encoding !== "f32-delta+f64-ulp" || f32?.length !== count || ulp?.length !== count) {
+    throw new TokenizerError("device tokenizer version 2 has scores in an unknown encoding or of the wrong length; re-export the bundle.");
+  }
+  const view = new DataView(new ArrayBuffer(8));
+  const out = new Array(count);
+  let bits = 0;
+  for (let i = 0; i < count; i++) {
+    bits += integer(f32[i], "a float32 delta");
+    if (bits < -0x80000000 || bits > 0x7fffffff) throw new TokenizerError("device tokenizer version 2: a float32 bit pattern is out of range; re-export the bundle.");
+    view.setInt32(0, bits);
+    const f = view.getFloat32(0);
+    const u = integer(ulp[i], "an ulp correction");
+    if (u === 0) {
+      out[i] = f;
+    } else {
+      view.setFloat64(0, f);
+      view.setBigInt64(0, view.getBigInt64(0) + BigInt(u));
+      out[i] = view.getFloat64(0);
+    }
+  }
+  return out;
+}
+
+function charMap(m) {
+  m = m || {};
+  const codepoints = m.codepoints || [];
+  const replacements = m.replacements || [];
+  if (codepoints.length !== replacements.length) throw new TokenizerError("device tokenizer version 2: map codepoints and replacements differ in length; re-export the bundle.");
+  const map = {};
+  let cp = 0;
+  codepoints.forEach((d, i) => {
+    cp += integer(d, "a map codepoint");
+    if (cp < 0 || cp > 0x10ffff) throw new TokenizerError("device tokenizer version 2: a map codepoint is out of range; re-export the bundle.");
+    map[String.fromCodePoint(cp)] = replacements[i];
+  });
+  return Object.assign(map, m.other || {});
+}
+
+export function expandV2(spec) {
+  const normalizer = (spec.normalizer || []).map((s) => {
+    const step = { ...s };
+    if (step.type === "codepoint_map") {
+      for (const key of ["remove", "space", "pad"]) step[key] = flatRanges(step[key]);
+      const hex = {};
+      for (const [k, v] of Object.entries(charMap(step.map))) {
+        if (chars(k).length !== 1) throw new TokenizerError("device tokenizer version 2: a codepoint map key is not one codepoint; re-export the bundle.");
+        hex[cpOf(k).toString(16).toUpperCase()] = v;
+      }
+      step.map = hex;
+    } else if (step.type === "precompiled") {
+      const g = step.graphemes || {};
+      step.map = charMap(step.map);
+      step.graphemes = { ...g, gcb: valuedRanges(g.gcb), incb: valuedRanges(g.incb),
+                         extended_pictographic: flatRanges(g.extended_pictographic) };
+    }
+    return step;
+  });
+  const preTokenizer = (spec.pre_tokenizer || []).map((s) => {
+    const step = { ...s };
+    if (step.type === "bert") {
+      step.whitespace = flatRanges(step.whitespace);
+      step.punctuation = flatRanges(step.punctuation);
+    } else if (step.type === "isolate") {
+      step.ranges = flatRanges(step.ranges);
+    }
+    return step;
+  });
+  let model = spec.model;
+  if (model?.type === "unigram") {
+    const { scores, ...rest } = model;
+    const pieces = rest.pieces || [];
+    const values = decodeScores(scores, pieces.length);
+    model = { ...rest, pieces: pieces.map((p, i) => [p, values[i]]) };
+  }
+  return { ...spec, version: 1, normalizer, pre_tokenizer: preTokenizer, model };
+}
 
 // ---------------------------------------------------------------------------------------------
 // Codepoint range tables: [[first, last], ...] sorted, inclusive; or [[first, last, value], ...]
@@ -360,12 +471,13 @@ const MODELS = { wordpiece: wordPiece, unigram };
 
 export class Tokenizer {
   constructor(spec) {
-    if (spec.format !== FORMAT || spec.version !== VERSION) {
+    if (spec.format !== FORMAT || (spec.version !== 1 && spec.version !== 2)) {
       throw new TokenizerError(
         `device tokenizer has format ${JSON.stringify(spec.format)} version ${JSON.stringify(spec.version)}; ` +
-          `this page reads ${JSON.stringify(FORMAT)} version ${VERSION}.`,
+          `this page reads ${JSON.stringify(FORMAT)} versions 1 and 2.`,
       );
     }
+    if (spec.version === 2) spec = expandV2(spec);
     const need = (value, key) => {
       if (value === undefined || value === null) {
         throw new TokenizerError(`device tokenizer is missing or has an unknown entry '${key}'; re-export the bundle.`);

@@ -146,11 +146,17 @@ def with_extra_entries(spec: dict, charsmap: dict = EXTRA_CHARSMAP, added: list 
     clusters and the longest-first added-token match, which real vocabularies rarely reach."""
     import copy
 
+    from edgekit.export.device_tokenizer import encode_v2
+    from edgekit_device.tokenizer import expand_v2
+
     spec = copy.deepcopy(spec)
+    v2 = spec.get("version") == 2  # edit the plain tables, then write the version that came in
+    if v2:
+        spec = expand_v2(spec)
     step = next(s for s in spec["normalizer"] if s["type"] == "precompiled")
     step["map"].update(charsmap)
     spec["added_tokens"] = list(added) + spec["added_tokens"]
-    return spec
+    return encode_v2(spec) if v2 else spec
 
 
 class ReplayBackend(Backend):

@@ -16,6 +16,11 @@ objects here:
 - ``Split`` on a character class (the e5 tokenizer isolates characters no piece contains): the
   class as codepoint ranges.
 
+Version 2 stores the same content in forms that compress well under zlib (the phone has no xz):
+scores as float32 bit deltas plus double-ulp corrections, codepoint ranges as flat delta lists,
+character maps' single-codepoint keys as codepoint deltas (``encode_v2``; ``export/BUNDLE.md``).
+``edgekit_device.tokenizer.expand_v2`` turns it back into version 1 exactly.
+
 ``edgekit_device.Tokenizer`` executes the result; ``export_model`` checks it against the Hugging
 Face tokenizer on the sample texts before writing a bundle.
 """
@@ -25,13 +30,16 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import math
 import re
 import struct
 
 from edgekit.errors import UserError
 
 FORMAT = "edgekit-device-tokenizer"
-VERSION = 1
+VERSION = 2
+SCORES_ENCODING = "f32-delta+f64-ulp"
+_SAFE_INT = 2**53 - 1  # the largest integer every JSON reader (JS numbers) parses exactly
 _SURROGATES = range(0xD800, 0xE000)
 
 
@@ -289,8 +297,16 @@ def _template(node) -> dict:
     raise _unsupported("the post-processor", node)
 
 
-def device_tokenizer_spec(tokenizer) -> dict:
-    """The ``device_tokenizer.json`` content for a fast (``tokenizer.json``-backed) HF tokenizer."""
+def device_tokenizer_spec(tokenizer, version: int = VERSION) -> dict:
+    """The ``device_tokenizer.json`` content for a fast (``tokenizer.json``-backed) HF tokenizer,
+    in format ``version`` (1: plain tables; 2: the same tables encoded by ``encode_v2``)."""
+    if version not in (1, 2):
+        raise UserError(f"device tokenizer version {version!r} does not exist; use 1 or 2.")
+    spec = _spec_v1(tokenizer)
+    return spec if version == 1 else encode_v2(spec)
+
+
+def _spec_v1(tokenizer) -> dict:
     backend_tok = getattr(tokenizer, "backend_tokenizer", None)
     if backend_tok is None:
         raise UserError("the checkpoint's tokenizer has no tokenizer.json backend; save it with a fast tokenizer.")
@@ -306,7 +322,7 @@ def device_tokenizer_spec(tokenizer) -> dict:
                "mask_id": getattr(tokenizer, "mask_token_id", None)}
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": 1,
         "type": model["type"],
         "special": special,
         "template": _template(backend.get("post_processor")),
@@ -316,3 +332,118 @@ def device_tokenizer_spec(tokenizer) -> dict:
         "pre_tokenizer": _pre_tokenizer_steps(backend.get("pre_tokenizer")),
         "model": model,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2: the same content, smaller under zlib
+
+
+def _f32_bits(x: float) -> int:
+    """int32 bit pattern of float32(x), rounded to nearest (OverflowError beyond float32's range)."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+def _f64_bits(x: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", x))[0]
+
+
+def encode_scores(scores, pieces=None) -> dict:
+    """Exact doubles as float32 bit-pattern deltas plus a correction in double ulps.
+
+    With ``b_i`` = int32 bits of float32(s_i) and ``u_i`` = int64 bits(s_i) - int64
+    bits(double(float32(s_i))): ``f32 = [b_0, b_1 - b_0, b_2 - b_1, ...]``, ``ulp = [u_0, u_1, ...]``.
+    Decoding: ``b_i`` = cumulative sum, ``s_i`` = the double whose int64 bits are
+    bits(double(float from bits b_i)) + u_i. Scores sorted descending give small positive deltas
+    (negative floats' int32 patterns grow with magnitude); scores printed from float32 have u_i in
+    {-1, 0, 1}. Every number stays within +-2**53 so JavaScript parses it exactly.
+    """
+    f32, ulp, previous = [], [], 0
+    for i, s in enumerate(scores):
+        name = f"piece {pieces[i]!r}" if pieces is not None else f"piece {i}"
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
+            raise UserError(f"the Unigram score of {name} is {s!r}, not a finite number; fix the tokenizer's scores.")
+        s = float(s)
+        try:
+            bits = _f32_bits(s)
+        except OverflowError:
+            bits = None
+        if bits is not None:
+            u = _f64_bits(s) - _f64_bits(struct.unpack("<f", struct.pack("<i", bits))[0])
+        if bits is None or abs(u) > _SAFE_INT:
+            raise UserError(f"the Unigram score {s!r} of {name} is outside float32's range (magnitude 1e-38 to "
+                            "3.4e38, or 0), which device_tokenizer.json cannot store exactly; fix the tokenizer's "
+                            "scores (they are log-probabilities).")
+        f32.append(bits - previous)
+        ulp.append(u)
+        previous = bits
+    return {"encoding": SCORES_ENCODING, "f32": f32, "ulp": ulp}
+
+
+def flat_ranges(ranges) -> list[int]:
+    """``[[a0, z0], [a1, z1], ...]`` -> ``[a0, z0 - a0, a1 - z0, z1 - a1, ...]``: each start relative
+    to the previous range's end (0 before the first), each end relative to its start. Decoding:
+    ``end = 0; for (d, n) in pairs: a = end + d; end = a + n; emit [a, end]``."""
+    out, end = [], 0
+    for a, z, *_ in ranges:
+        out += [a - end, z - a]
+        end = z
+    return out
+
+
+def valued_ranges(ranges) -> dict[str, list[int]]:
+    """``[[a, z, value], ...]`` -> ``{value: flat_ranges(the ranges with that value)}``; the reader
+    merges the lists and sorts by start."""
+    by_value: dict[str, list] = {}
+    for a, z, value in ranges:
+        by_value.setdefault(value, []).append([a, z])
+    return {value: flat_ranges(rs) for value, rs in by_value.items()}
+
+
+def encode_charsmap(mapping: dict[str, str]) -> dict:
+    """Precompiled ``map`` -> ``{"codepoints": deltas, "replacements": [...], "other": {...}}``.
+
+    Single-codepoint keys sorted by codepoint ``c_0 < c_1 < ...`` become ``[c_0, c_1 - c_0, ...]``
+    with their replacements in the same order; longer keys stay a plain ``other`` object."""
+    single = sorted((k for k in mapping if len(k) == 1), key=ord)
+    codepoints, previous = [], 0
+    for k in single:
+        codepoints.append(ord(k) - previous)
+        previous = ord(k)
+    return {"codepoints": codepoints, "replacements": [mapping[k] for k in single],
+            "other": {k: v for k, v in mapping.items() if len(k) != 1}}
+
+
+def encode_v2(spec: dict) -> dict:
+    """A version-1 spec in version 2 (``export/BUNDLE.md``): unigram ``pieces`` become a list of
+    strings with ``scores`` from ``encode_scores``; every range list ``flat_ranges`` (valued ones
+    ``valued_ranges``); the precompiled ``map`` and the codepoint map's ``map`` (hex keys)
+    ``encode_charsmap``. Everything else is kept."""
+    out = dict(spec, version=2)
+    normalizers = []
+    for step in spec["normalizer"]:
+        step = dict(step)
+        if step["type"] == "codepoint_map":
+            for key in ("remove", "space", "pad"):
+                step[key] = flat_ranges(step.get(key, []))
+            step["map"] = encode_charsmap({chr(int(k, 16)): v for k, v in step.get("map", {}).items()})
+        elif step["type"] == "precompiled":
+            g = step["graphemes"]
+            step["map"] = encode_charsmap(step["map"])
+            step["graphemes"] = {**g, "gcb": valued_ranges(g["gcb"]), "incb": valued_ranges(g.get("incb", [])),
+                                 "extended_pictographic": flat_ranges(g["extended_pictographic"])}
+        normalizers.append(step)
+    pre_tokenizers = []
+    for step in spec["pre_tokenizer"]:
+        step = dict(step)
+        if step["type"] == "bert":
+            step["whitespace"], step["punctuation"] = flat_ranges(step["whitespace"]), flat_ranges(step["punctuation"])
+        elif step["type"] == "isolate":
+            step["ranges"] = flat_ranges(step["ranges"])
+        pre_tokenizers.append(step)
+    model = dict(spec["model"])
+    if model["type"] == "unigram":
+        pieces = [p for p, _ in model["pieces"]]
+        model["scores"] = encode_scores([s for _, s in model["pieces"]], pieces)
+        model["pieces"] = pieces
+    out.update(normalizer=normalizers, pre_tokenizer=pre_tokenizers, model=model)
+    return out

@@ -22,13 +22,91 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import struct
 from pathlib import Path
 
 from .errors import BundleError
 
 FORMAT = "edgekit-device-tokenizer"
-VERSION = 1
+VERSION = 2  # the newest version; 1 is read too
+VERSIONS = (1, 2)
 UNK_PENALTY = 10.0  # SentencePiece / tokenizers: an unknown character scores min_score - 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Version 2 -> version 1 (export/BUNDLE.md, "Version 2")
+
+
+def expand_v2(spec: dict) -> dict:
+    """The version-1 structure of a version-2 spec, exactly (the writer is
+    ``edgekit.export.device_tokenizer.encode_v2``).
+
+    Ranges ``[d0, n0, d1, n1, ...]``: ``end = 0``, then per pair ``a = end + d``, ``end = a + n`` gives
+    ``[a, end]``; valued ranges ``{value: flat}`` are merged and sorted. Scores: ``bits`` = cumulative
+    sum of ``f32``, score = the double with int64 bits(double(float32 from int32 bits)) + ``ulp``.
+    Character maps (precompiled ``map``; codepoint map ``map``, whose keys are then written in hex):
+    ``codepoints`` cumulative sums are the keys of ``replacements``, plus ``other``.
+    """
+    def ranges(flat):
+        if len(flat) % 2:
+            raise ValueError("a range list has an odd length")
+        out, end = [], 0
+        for i in range(0, len(flat), 2):
+            a = end + int(flat[i])
+            end = a + int(flat[i + 1])
+            out.append([a, end])
+        return out
+
+    def valued(by_value):
+        return sorted([a, z, value] for value, flat in by_value.items() for a, z in ranges(flat))
+
+    def scores(encoded, count):
+        if encoded.get("encoding") != "f32-delta+f64-ulp" or not len(encoded["f32"]) == len(encoded["ulp"]) == count:
+            raise BundleError("device tokenizer version 2 has scores in an unknown encoding or of the wrong length; "
+                              "re-export the bundle.")
+        out, bits = [], 0
+        for delta, ulp in zip(encoded["f32"], encoded["ulp"]):
+            bits += delta
+            f = struct.unpack("<f", struct.pack("<i", bits))[0]
+            out.append(struct.unpack("<d", struct.pack("<q", struct.unpack("<q", struct.pack("<d", f))[0] + ulp))[0])
+        return out
+
+    def charmap(m):
+        keys, cp = [], 0
+        for delta in m["codepoints"]:
+            cp += delta
+            keys.append(chr(cp))
+        return {**dict(zip(keys, m["replacements"], strict=True)), **m.get("other", {})}
+
+    try:
+        normalizers = []
+        for step in spec["normalizer"]:
+            step = dict(step)
+            if step["type"] == "codepoint_map":
+                for key in ("remove", "space", "pad"):
+                    step[key] = ranges(step.get(key, []))
+                step["map"] = {f"{ord(k):X}": v for k, v in charmap(step["map"]).items()}
+            elif step["type"] == "precompiled":
+                g = step["graphemes"]
+                step["map"] = charmap(step["map"])
+                step["graphemes"] = {**g, "gcb": valued(g["gcb"]), "incb": valued(g.get("incb", {})),
+                                     "extended_pictographic": ranges(g["extended_pictographic"])}
+            normalizers.append(step)
+        pre_tokenizers = []
+        for step in spec["pre_tokenizer"]:
+            step = dict(step)
+            if step["type"] == "bert":
+                step["whitespace"], step["punctuation"] = ranges(step["whitespace"]), ranges(step["punctuation"])
+            elif step["type"] == "isolate":
+                step["ranges"] = ranges(step["ranges"])
+            pre_tokenizers.append(step)
+        model = dict(spec["model"])
+        if model["type"] == "unigram":
+            encoded = model.pop("scores")
+            model["pieces"] = [[p, s] for p, s in zip(model["pieces"], scores(encoded, len(model["pieces"])))]
+    except (TypeError, ValueError, AttributeError, OverflowError, struct.error) as e:
+        raise BundleError(f"device tokenizer version 2 is malformed ({e}); re-export the bundle.") from None
+    return {**spec, "version": 1, "normalizer": normalizers, "pre_tokenizer": pre_tokenizers, "model": model}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,11 +470,13 @@ class Tokenizer:
     """Text -> token ids exactly as the checkpoint's Hugging Face tokenizer gives them."""
 
     def __init__(self, spec: dict):
-        if spec.get("format") != FORMAT or spec.get("version") != VERSION:
+        if spec.get("format") != FORMAT or spec.get("version") not in VERSIONS:
             raise BundleError(f"device tokenizer has format {spec.get('format')!r} version {spec.get('version')!r}; "
-                              f"this runtime reads {FORMAT!r} version {VERSION}.")
-        self.spec = spec
+                              f"this runtime reads {FORMAT!r} versions 1 and 2.")
         try:
+            if spec["version"] == 2:
+                spec = expand_v2(spec)
+            self.spec = spec  # always the version-1 structure
             self.type = spec["type"]
             self.normalizers = [_NORMALIZERS[step["type"]](step) for step in spec["normalizer"]]
             self.pre_tokenizers = [_PRE_TOKENIZERS[step["type"]](step) for step in spec["pre_tokenizer"]]

@@ -5,7 +5,9 @@ import java.util.Arrays;
 import java.util.Collections;
 import java.util.Comparator;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -29,7 +31,8 @@ import java.util.regex.Pattern;
  */
 public final class Tokenizer {
     public static final String FORMAT = "edgekit-device-tokenizer";
-    public static final int VERSION = 1;
+    /** The newest version written; version 1 is read too. */
+    public static final int VERSION = 2;
     /** SentencePiece / tokenizers: an unknown character scores min_score - 10. */
     static final double UNK_PENALTY = 10.0;
 
@@ -742,11 +745,15 @@ public final class Tokenizer {
     private final List<Added> added = new ArrayList<>();
 
     private Tokenizer(Map<String, Object> spec) throws BundleException {
-        if (!FORMAT.equals(spec.get("format")) || !Long.valueOf(VERSION).equals(spec.get("version"))) {
+        Object version = spec.get("version");
+        if (!FORMAT.equals(spec.get("format")) || !(Long.valueOf(1).equals(version) || Long.valueOf(2).equals(version))) {
             throw new BundleException("device tokenizer has format '" + spec.get("format") + "' version "
-                    + spec.get("version") + "; this app reads '" + FORMAT + "' version " + VERSION + ".");
+                    + version + "; this app reads '" + FORMAT + "' versions 1 and 2.");
         }
         try {
+            if (Long.valueOf(2).equals(version)) {
+                spec = expandV2(spec);
+            }
             type = Json.asString(required(spec, "type"), "type");
             for (Object step : Json.asList(required(spec, "normalizer"), "normalizer")) {
                 normalizers.add(normalizer(Json.asObject(step, "normalizer step")));
@@ -787,6 +794,142 @@ public final class Tokenizer {
         } catch (IllegalArgumentException e) {
             throw new BundleException("device tokenizer is malformed (" + e.getMessage() + "); re-export the bundle.");
         }
+    }
+
+    /**
+     * The version-1 structure of a version-2 spec, exactly ({@code expand_v2} in the Python
+     * reference; {@code export/BUNDLE.md}). Ranges {@code [d0, n0, d1, n1, ...]}: {@code end = 0},
+     * per pair {@code a = end + d}, {@code end = a + n}; valued ranges {@code {value: flat}} merged and
+     * sorted by start. Scores: {@code bits} = cumulative sum of {@code f32}, score = the double with
+     * bits {@code doubleToLongBits((double) intBitsToFloat(bits)) + ulp}. Character maps (precompiled
+     * {@code map}; codepoint map {@code map}, whose keys are then written in hex): cumulative
+     * {@code codepoints} are the keys of {@code replacements}, plus {@code other}.
+     */
+    static Map<String, Object> expandV2(Map<String, Object> spec) {
+        Map<String, Object> out = new LinkedHashMap<>(spec);
+        out.put("version", 1L);
+        List<Object> normalizers = new ArrayList<>();
+        for (Object s : Json.asList(required(spec, "normalizer"), "normalizer")) {
+            Map<String, Object> step = new LinkedHashMap<>(Json.asObject(s, "normalizer step"));
+            if ("codepoint_map".equals(step.get("type"))) {
+                for (String key : new String[] {"remove", "space", "pad"}) {
+                    step.put(key, flatRanges(step.get(key)));
+                }
+                Map<String, Object> hex = new LinkedHashMap<>();
+                for (Map.Entry<String, Object> e : charMap(required(step, "map")).entrySet()) {
+                    if (length(e.getKey()) != 1) {
+                        throw new IllegalArgumentException("a codepoint map key is not one codepoint");
+                    }
+                    hex.put(Integer.toHexString(e.getKey().codePointAt(0)).toUpperCase(Locale.ROOT), e.getValue());
+                }
+                step.put("map", hex);
+            } else if ("precompiled".equals(step.get("type"))) {
+                step.put("map", charMap(required(step, "map")));
+                Map<String, Object> g = new LinkedHashMap<>(Json.asObject(required(step, "graphemes"), "graphemes"));
+                g.put("gcb", valuedRanges(required(g, "gcb")));
+                g.put("incb", valuedRanges(g.get("incb")));
+                g.put("extended_pictographic", flatRanges(required(g, "extended_pictographic")));
+                step.put("graphemes", g);
+            }
+            normalizers.add(step);
+        }
+        out.put("normalizer", normalizers);
+        List<Object> preTokenizers = new ArrayList<>();
+        for (Object s : Json.asList(required(spec, "pre_tokenizer"), "pre_tokenizer")) {
+            Map<String, Object> step = new LinkedHashMap<>(Json.asObject(s, "pre_tokenizer step"));
+            if ("bert".equals(step.get("type"))) {
+                step.put("whitespace", flatRanges(required(step, "whitespace")));
+                step.put("punctuation", flatRanges(required(step, "punctuation")));
+            } else if ("isolate".equals(step.get("type"))) {
+                step.put("ranges", flatRanges(required(step, "ranges")));
+            }
+            preTokenizers.add(step);
+        }
+        out.put("pre_tokenizer", preTokenizers);
+        Map<String, Object> model = new LinkedHashMap<>(Json.asObject(required(spec, "model"), "model"));
+        if ("unigram".equals(model.get("type"))) {
+            List<Object> pieces = Json.asList(required(model, "pieces"), "pieces");
+            Map<String, Object> encoded = Json.asObject(model.remove("scores"), "scores");
+            List<Object> f32 = Json.asList(required(encoded, "f32"), "f32");
+            List<Object> ulp = Json.asList(required(encoded, "ulp"), "ulp");
+            if (!"f32-delta+f64-ulp".equals(encoded.get("encoding")) || f32.size() != pieces.size()
+                    || ulp.size() != pieces.size()) {
+                throw new IllegalArgumentException("scores are in an unknown encoding or of the wrong length");
+            }
+            List<Object> withScores = new ArrayList<>();
+            long bits = 0;
+            for (int i = 0; i < pieces.size(); i++) {
+                bits += Json.asLong(f32.get(i), "f32");
+                if (bits < Integer.MIN_VALUE || bits > Integer.MAX_VALUE) {
+                    throw new IllegalArgumentException("a float32 bit pattern is out of range");
+                }
+                double f = Float.intBitsToFloat((int) bits);
+                double score = Double.longBitsToDouble(Double.doubleToRawLongBits(f) + Json.asLong(ulp.get(i), "ulp"));
+                withScores.add(Arrays.<Object>asList(pieces.get(i), score));
+            }
+            model.put("pieces", withScores);
+        }
+        out.put("model", model);
+        return out;
+    }
+
+    /** {@code {codepoints, replacements, other}} -> {@code {key: replacement}} (see {@link #expandV2}). */
+    private static Map<String, Object> charMap(Object encoded) {
+        Map<String, Object> m = Json.asObject(encoded, "map");
+        List<Object> codepoints = Json.asList(required(m, "codepoints"), "codepoints");
+        List<Object> replacements = Json.asList(required(m, "replacements"), "replacements");
+        if (codepoints.size() != replacements.size()) {
+            throw new IllegalArgumentException("map codepoints and replacements differ in length");
+        }
+        Map<String, Object> map = new LinkedHashMap<>();
+        long cp = 0;
+        for (int i = 0; i < codepoints.size(); i++) {
+            cp += Json.asLong(codepoints.get(i), "codepoint");
+            if (cp < 0 || cp > Character.MAX_CODE_POINT) {
+                throw new IllegalArgumentException("map codepoint " + cp + " is out of range");
+            }
+            map.put(str((int) cp), replacements.get(i));
+        }
+        if (m.get("other") != null) {
+            map.putAll(Json.asObject(m.get("other"), "other"));
+        }
+        return map;
+    }
+
+    /** {@code [d0, n0, d1, n1, ...]} -> {@code [[a0, z0], ...]} (see {@link #expandV2}). */
+    private static List<Object> flatRanges(Object flat) {
+        List<Object> list = flat == null ? Collections.emptyList() : Json.asList(flat, "ranges");
+        if (list.size() % 2 != 0) {
+            throw new IllegalArgumentException("a range list has an odd length");
+        }
+        List<Object> out = new ArrayList<>();
+        long end = 0;
+        for (int i = 0; i < list.size(); i += 2) {
+            long a = end + Json.asLong(list.get(i), "range start");
+            end = a + Json.asLong(list.get(i + 1), "range length");
+            out.add(Arrays.<Object>asList(a, end));
+        }
+        return out;
+    }
+
+    /** {@code {value: flat}} -> {@code [[a, z, value], ...]} sorted by start. */
+    private static List<Object> valuedRanges(Object byValue) {
+        List<Object> out = new ArrayList<>();
+        if (byValue != null) {
+            for (Map.Entry<String, Object> e : Json.asObject(byValue, "valued ranges").entrySet()) {
+                for (Object r : flatRanges(e.getValue())) {
+                    List<Object> range = Json.asList(r, "range");
+                    out.add(Arrays.<Object>asList(range.get(0), range.get(1), e.getKey()));
+                }
+            }
+        }
+        Collections.sort(out, new Comparator<Object>() {
+            @Override
+            public int compare(Object a, Object b) {
+                return Long.compare((Long) Json.asList(a, "range").get(0), (Long) Json.asList(b, "range").get(0));
+            }
+        });
+        return out;
     }
 
     private static int[] ints(Object list) {

@@ -103,6 +103,36 @@ public final class GoldenTest {
 
     // ---------------------------------------------------------------------------------------------
 
+    /**
+     * device_tokenizer.json version 2 scores (float32 bit deltas + double ulps) decoded to the exact
+     * doubles: positive and negative, 1..3 ulps either side of a float32, non-float32 doubles, a
+     * float32 subnormal and both zeros (the list and its encoding are tests/test_device_tokenizer_v2.py's HAND).
+     */
+    static void v2ScoresByHand() throws Exception {
+        double[] expected = {0.0, -0.0, 1.5, 2.2999999523162846, 2.2999999523162833, 3.700000047683717,
+            -7.4715776443481445, -7.471577644348145, -7.471577644348144, -7.471577644348146, -7.471577644348142,
+            -3.4635426998138428, -7.471577644348144, 0.1, -0.3333333333333333, 1e-40, -3e38, 1.1754943508222875e-38,
+            -20.364652633666992};
+        String f32 = "[0,-2147483648,3217031168,5452595,0,5872026,-2138944931,0,0,0,0,-9530491,9530491,2094904739,"
+                + "-2132943394,1096182807,-10446044,18763290,-1054676273]";
+        String ulp = "[0,0,0,1,-2,3,0,1,-1,2,-3,0,-1,-107374182,-178956971,26431936412,-14552438,0,0]";
+        StringBuilder pieces = new StringBuilder();
+        for (int i = 0; i < expected.length; i++) {
+            pieces.append(i == 0 ? "" : ",").append("\"p").append(i).append('"');
+        }
+        Map<String, Object> spec = obj(Json.parse("{\"format\":\"edgekit-device-tokenizer\",\"version\":2,"
+                + "\"normalizer\":[],\"pre_tokenizer\":[],\"model\":{\"type\":\"unigram\",\"unk_id\":0,\"pieces\":["
+                + pieces + "],\"scores\":{\"encoding\":\"f32-delta+f64-ulp\",\"f32\":" + f32 + ",\"ulp\":" + ulp + "}}}"));
+        List<Object> got = list(obj(Tokenizer.expandV2(spec).get("model")).get("pieces"));
+        check(got.size() == expected.length, "v2 scores: one score per piece");
+        for (int i = 0; i < expected.length; i++) {
+            double score = (Double) list(got.get(i)).get(1);
+            check(Double.doubleToRawLongBits(score) == Double.doubleToRawLongBits(expected[i]),
+                    "v2 scores: " + expected[i] + " decoded as " + score);
+        }
+        System.out.println("v2 scores by hand: ok");
+    }
+
     /** The exit rules and scores on hand-computed cases (the paper's rules, independent of Python). */
     static void exitRulesByHand() throws Exception {
         float[] a = {2f, 0f, 0f};   // predicts 0
@@ -186,6 +216,9 @@ public final class GoldenTest {
     private static Tokenizer.Graphemes graphemesOf(String file) throws IOException {
         Map<String, Object> spec = obj(Json.parse(new String(Files.readAllBytes(new File(file).toPath()),
                 StandardCharsets.UTF_8)));
+        if (Long.valueOf(2).equals(spec.get("version"))) {
+            spec = Tokenizer.expandV2(spec);
+        }
         for (Object step : list(spec.get("normalizer"))) {
             if ("precompiled".equals(obj(step).get("type"))) {
                 return new Tokenizer.Graphemes(obj(obj(step).get("graphemes")));
@@ -737,6 +770,7 @@ public final class GoldenTest {
                 StandardCharsets.UTF_8)));
         group("json reader", GoldenTest::jsonReader);
         group("exit rules", GoldenTest::exitRulesByHand);
+        group("v2 scores by hand", GoldenTest::v2ScoresByHand);
         group("tokenizers", () -> tokenizers(list(goldens.get("tokenizers"))));
         for (Object t : list(goldens.get("tokenizers"))) {
             if ("unigram".equals(obj(t).get("type"))) {
