@@ -17,10 +17,12 @@ pruned to 80%, fine-tuned on TNEWS; its vocabulary trimmed to the corpus). Rows:
   21,128 rows of bert-base-chinese with elements drawn from the trained table (seed 0), what an
   untrimmed vocabulary costs.
 - **table at 4 bits**: ``--model`` exported with ``edgekit export --embedding-bits 4``
-  (``edgekit.quantize.table_bits``): the word-embedding table snapped to 15 levels (-7..7) of one
-  step per table (ONNX: its Gather has one int8 scale per table) or per row (TFLite: one scale per
-  row), so the stored int8 codes take 15 values; size, the table's relative error and accuracy.
-  Its parity gate compares the bundle with the original checkpoint.
+  (``edgekit.quantize.table_bits``) at the default ``--embedding-scale table``: the word-embedding
+  table snapped to 15 levels (-7..7) of one step per table, as its one int8 scale in both formats,
+  so the stored int8 codes take 15 values; size, the table's relative error and accuracy. Its
+  parity gate compares the bundle with the original checkpoint.
+- **per-row table scale**: TFLite int8 exported with ``--embedding-scale row`` (one int8 scale per
+  row of the word-embedding table, ai-edge-quantizer's own default; ``table`` is edgekit's).
 
 Per tensor (trained ONNX int8): elements, share non-zero, order-0 entropy of the non-zero int8
 values and of the bit mask, the floor ``nonzero * H(values) / 8 + elements * H(p) / 8`` bytes.
@@ -55,6 +57,7 @@ from edgekit.prune import MagnitudePruner  # noqa: E402
 from edgekit.student import StudentConfig, build_student  # noqa: E402
 
 COMMAND = "nice -n 5 python benchmarks/bundle_size.py"
+ROW_SCALE = "per-row table scale (--embedding-scale row)"
 SHARED = ROOT.parent / "shared"
 VOCAB_DIR = SHARED / "data" / "vocab" / "bert-base-chinese"
 TNEWS = SHARED / "data" / "clue" / "tnews"
@@ -149,12 +152,13 @@ def _gzip_bytes(bundle: Path) -> int:
                and not p.name.startswith("."))
 
 
-def export_row(model: Path, out: Path, fmt: str, int8, texts: list[str], embedding_bits: int = 8) -> dict:
+def export_row(model: Path, out: Path, fmt: str, int8, texts: list[str], embedding_bits: int = 8,
+               embedding_scale: str = "table") -> dict:
     import edgekit_device
 
     start = time.time()
     export_model(model, out, format=fmt, int8=int8, sample_texts=texts, min_agreement=0.0,
-                 embedding_bits=embedding_bits)
+                 embedding_bits=embedding_bits, embedding_scale=embedding_scale)
     manifest = json.loads((out / "manifest.json").read_text())
     precision = "int8" if int8 else "fp32"
     parity = manifest["parity"]
@@ -210,16 +214,20 @@ def main() -> dict:
             "table at 4 bits (--embedding-bits 4)": {fmt: export_row(args.model, work / f"t4-{fmt}", fmt, "dynamic",
                                                                      parity_texts, embedding_bits=4)
                                                      for fmt in ("onnx", "tflite")},
+            ROW_SCALE: {"tflite": export_row(args.model, work / "row-tflite", "tflite", "dynamic", parity_texts,
+                                             embedding_scale="row")},
         }
         variants = {"21,128-row table": full_vocab,
                     "table at 4 bits (--embedding-bits 4)": {
                         fmt: row["embedding_snap"]
-                        for fmt, row in variant_rows["table at 4 bits (--embedding-bits 4)"].items()}}
+                        for fmt, row in variant_rows["table at 4 bits (--embedding-bits 4)"].items()},
+                    ROW_SCALE: {"tflite": {"embedding_scale": "row"}}}
         reference = deepest_predictions(args.model, eval_texts)
         accuracy = {"examples": len(eval_texts), "checkpoint": float((reference == gold).mean())}
         for name, path in (("onnx int8", work / "onnx-dynamic"), ("tflite int8", work / "tflite-dynamic"),
                            ("onnx int8, table at 4 bits (one step per table)", work / "t4-onnx"),
-                           ("tflite int8, table at 4 bits (one step per row)", work / "t4-tflite")):
+                           ("tflite int8, table at 4 bits (one step per table)", work / "t4-tflite"),
+                           ("tflite int8, per-row table scale", work / "row-tflite")):
             pred = deepest_predictions(path, eval_texts)
             acc = float((pred == gold).mean())
             accuracy[name] = {"accuracy": acc, "agreement": float((pred == reference).mean()),

@@ -405,10 +405,15 @@ def predict(model, texts, exit_layer, patience, entropy, max_length, as_json):
               help="Dynamic int8 ONNX: Neural Compressor keeps modules in float, head first, until every exit agrees "
                    "with the float model on this share of the calibration (else parity) texts (bare flag: 0.99).")
 @click.option("--embedding-bits", type=int, default=8, show_default=True,
-              help="int8 bundles: snap each row of the word-embedding table to 2^N-1 levels (2..8; 4 makes the packed "
-                   "download smaller; 8 leaves the table as it is); parity still compares with the checkpoint.")
+              help="int8 bundles: snap the word-embedding table to 2^N-1 levels, one step per --embedding-scale "
+                   "(2..8; 4 makes the packed download smaller; 8 leaves the table as it is); parity still "
+                   "compares with the checkpoint.")
+@click.option("--embedding-scale", type=click.Choice(["table", "row"]), default="table", show_default=True,
+              help="int8 bundles: one int8 scale for the whole word-embedding table (as ONNX), or one per row "
+                   "(TFLite only: a little more accurate, a larger download).")
 def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_name, data_dir, samples, text_field,
-           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite, accuracy_aware, embedding_bits):
+           text_pair_field, label_field, pack, pack_codec, min_agreement, overwrite, accuracy_aware, embedding_bits,
+           embedding_scale):
     """A classifier checkpoint -> a device bundle (export/BUNDLE.md), checked against PyTorch.
 
     MODEL_DIR: a fine-tuned checkpoint, or the `edgekit finetune` run directory that wrote it."""
@@ -435,13 +440,16 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_
                         sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
                         pack_codec=pack_codec, min_agreement=min_agreement, sample_source=sample_source,
                         overwrite=overwrite, accuracy_aware=False if accuracy_aware is None else accuracy_aware,
-                        embedding_bits=embedding_bits)
+                        embedding_bits=embedding_bits, embedding_scale=embedding_scale)
     m = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     layers, parity, sizes = m["exits"]["layers"], m["parity"], m["sizes"]
     exits = f"exit {layers[0]}" if len(layers) == 1 else f"exits 1..{layers[-1]}"
     ties = f", {parity['near_ties']} near-tie flips excused" if parity["near_ties"] else ""
     bits = (m.get("quantization") or {}).get("embedding_bits", 8)
-    table = f" (word-embedding table at {bits} bits)" if bits != 8 else ""
+    per_row = (m.get("quantization") or {}).get("embedding_scale") == "row"
+    table = ", ".join(([f"word-embedding table at {bits} bits"] if bits != 8 else [])
+                      + (["one int8 scale per table row"] if per_row else []))
+    table = f" ({table})" if table else ""
     click.echo(f"wrote {path}: {m['format']} {m['precision']}{table} {m['layout']} ({exits}), {sizes['dense_bytes']:,} bytes "
                f"(gzip {sizes['gzip_bytes']:,}); parity on {parity['samples']} {parity['inputs']}: argmax agreement "
                f"{parity['raw_agreement']:.1%} at the worst exit{ties} (threshold {parity['min_agreement']:.1%}), "

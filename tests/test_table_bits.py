@@ -18,7 +18,7 @@ import pytest
 
 from conftest import clue_sentences
 from edgekit.errors import UserError
-from edgekit.quantize.table_bits import FORMAT_SCOPE, check_bits, snap_facts, snap_levels
+from edgekit.quantize.table_bits import DEFAULT_SCALE, SCALES, check_bits, snap_facts, snap_levels
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -54,7 +54,7 @@ def test_eight_bits_is_a_no_op_and_zero_rows_stay_zero():
     assert np.array_equal(snap_levels(table, 8), table)
     for scope in ("row", "table"):
         assert np.array_equal(snap_levels(table, 4, scope)[2], np.zeros(4))
-    assert FORMAT_SCOPE == {"tflite": "row", "onnx": "table"}  # each format's own int8 table scale
+    assert SCALES == ("table", "row") and DEFAULT_SCALE == "table"  # --embedding-scale: the step follows it
 
 
 @pytest.mark.parametrize("bits", [1, 9, 4.0, True, "4"])

@@ -122,7 +122,8 @@ def _check_pack_path(path, overwrite: bool) -> None:
 def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False, exit_layer: int | None = None,
                  max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
                  pack_codec: str = "zlib", min_agreement: float | None = None, sample_source: str | None = None,
-                 overwrite: bool = False, accuracy_aware: bool | float = False, embedding_bits: int = 8) -> Path:
+                 overwrite: bool = False, accuracy_aware: bool | float = False, embedding_bits: int = 8,
+                 embedding_scale: str = "table") -> Path:
     """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
 
     Args:
@@ -152,10 +153,14 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
             the float model on at least this share (True: 0.99) of the calibration texts, else the
             sample texts (then the gate judges the texts the choice was made on).
         embedding_bits: int8 bundles only: 2..7 snaps the word-embedding table of the exported copy
-            to ``2**bits - 1`` levels per row, one step per row (TFLite) or per table (ONNX), as the
-            format's int8 scale (``quantize.table_bits``: a smaller packed download); 8 (default)
-            leaves it. The parity gate compares the bundle with the original checkpoint, so it
-            judges the snapping too.
+            to ``2**bits - 1`` levels, one step per table or per row as ``embedding_scale``
+            (``quantize.table_bits``: a smaller packed download); 8 (default) leaves it. The
+            parity gate compares the bundle with the original checkpoint, so it judges the
+            snapping too.
+        embedding_scale: int8 bundles: ``"table"`` (default) gives the word-embedding table one
+            int8 scale, as ONNX Runtime's int8 Gather; ``"row"`` (TFLite only) one per row, a
+            little more accurate and about 85 KB more download on the paper shape
+            (``export.tflite``). fp32 bundles take only the default.
     """
     import edgekit_device
     from edgekit_device.pack import CODECS
@@ -180,12 +185,16 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         raise UserError(f"pack codec must be one of {', '.join(CODECS)}, got {pack_codec!r}.")
     calibration_texts = [t for t in (calibration_texts or []) if t and t.strip()]
     scheme = _int8_scheme(int8, calibration_texts)
-    from edgekit.quantize.table_bits import DEFAULT_BITS, check_bits, snap_word_embeddings
+    from edgekit.quantize.table_bits import DEFAULT_BITS, DEFAULT_SCALE, check_bits, check_scale, snap_word_embeddings
 
     embedding_bits = check_bits(embedding_bits)
     if embedding_bits != DEFAULT_BITS and scheme is None:
         raise UserError("--embedding-bits applies to int8 bundles (an fp32 table stores 32 bits per weight "
                         "whatever its levels); add --int8 or drop --embedding-bits.")
+    embedding_scale = check_scale(embedding_scale, format)
+    if embedding_scale != DEFAULT_SCALE and scheme is None:
+        raise UserError("--embedding-scale row applies to int8 bundles (an fp32 table has no int8 scale); "
+                        "add --int8 or drop --embedding-scale.")
     from edgekit.checkpoint import check_model_dir, default_max_length
 
     model_dir = check_model_dir(model_dir)  # a run directory names the model it wrote
@@ -242,7 +251,8 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         float_modules = _float_modules(classifier, accuracy_aware, format, scheme, device_tokenizer,
                                        calibration_texts or sample_texts, max_length)
     model = export_copy(classifier)
-    snapped = snap_word_embeddings(model, embedding_bits, format)  # the copy only: parity compares with `classifier`
+    # the copy only: parity compares with `classifier`
+    snapped = snap_word_embeddings(model, embedding_bits, embedding_scale)
     out = Path(out)
     default_exit = exit_layer or depth
     with atomic_dir(out, BUNDLE_KIND, overwrite) as tmp:
@@ -251,9 +261,10 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
                                               float_modules)
         else:
             graphs, quantization = _tflite_backend().write_tflite(model, tokenizer, tmp, layout, default_exit,
-                                                                  max_length, scheme, calibration_texts)
+                                                                  max_length, scheme, calibration_texts,
+                                                                  embedding_scale)
         if quantization is not None:
-            quantization = {**quantization, "embedding_bits": embedding_bits,
+            quantization = {**quantization, "embedding_scale": embedding_scale, "embedding_bits": embedding_bits,
                             **({"embedding_snap": snapped} if snapped else {})}
         write_device_files(tmp, spec, labels)
         from edgekit import __version__

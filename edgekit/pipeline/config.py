@@ -67,6 +67,9 @@ class ExportSection:
                                        # (default: 0.999 fp32, 0.98 int8; export/parity.py says why)
     embedding_bits: int = 8            # int8 only: 2..7 snaps each word-embedding row to 2^bits-1 levels
                                        # (quantize/table_bits.py: a smaller download); 8 leaves the table
+    # int8 only: one int8 scale for the word-embedding table, or one per row (TFLite only: 85 KB
+    # more download on the paper shape for half the table's error; export/tflite.py)
+    embedding_scale: Literal["table", "row"] = "table"
 
 
 @dataclass
@@ -132,6 +135,13 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
         if cfg.export.int8 == "none":
             raise UserError("export.embedding_bits applies to int8 bundles; set export.int8: dynamic (or static), "
                             "or export.embedding_bits: 8.")
+    if cfg.export.embedding_scale == "row":
+        if cfg.export.format == "onnx":
+            raise UserError("export.embedding_scale: row needs TFLite (onnxruntime's int8 Gather has one scale per "
+                            "table); set export.format: tflite or export.embedding_scale: table.")
+        if cfg.export.int8 == "none":
+            raise UserError("export.embedding_scale: row applies to int8 bundles; set export.int8: dynamic (or "
+                            "static), or export.embedding_scale: table.")
     if cfg.export.parity_examples < 1:
         raise UserError(f"export.parity_examples must be at least 1, got {cfg.export.parity_examples!r}.")
     return cfg

@@ -165,9 +165,13 @@ def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool 
     name = f"{'phone' if phone else 'export'}/{entry.name}"
     return Stage(name, "export", out / name,
                  # without `phone`: choosing whether a phone bundle is made does not redo this one
-                 # nor does the default embedding_bits: bundles exported before the key existed stay done
+                 # nor do defaults that export always had: bundles exported before the key existed stay
+                 # done (a TFLite int8 table had one scale per row before embedding_scale: those redo)
                  {"export": {k: v for k, v in to_dict(e).items()
-                             if k != "phone" and not (k == "embedding_bits" and v == 8)}, "max_length": max_length},
+                             if k != "phone" and not (k == "embedding_bits" and v == 8)
+                             and not (k == "embedding_scale" and v == "table"
+                                      and (e.format == "onnx" or e.int8 == "none"))},
+                  "max_length": max_length},
                  [f"finetune/{entry.name}"],
                  f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle"
                  + (" for the phone app" if phone_stage_name(cfg, entry.name) == name else ""),

@@ -136,7 +136,7 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
                  max_length=job["max_length"], sample_texts=task.dev.texts[:e.parity_examples],
                  calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
                  min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split",
-                 embedding_bits=e.embedding_bits)
+                 embedding_bits=e.embedding_bits, embedding_scale=e.embedding_scale)
     manifest = read_json(directory / "bundle" / "manifest.json")
     packed = packed_path(directory / "bundle")
     results = {"stage": "export", "bundle": str(directory / "bundle"),
@@ -144,6 +144,7 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
                "packed_bytes": packed.stat().st_size if e.pack else None,
                "format": manifest["format"], "precision": manifest["precision"], "layout": manifest["layout"],
                "embedding_bits": (manifest["quantization"] or {}).get("embedding_bits", 8),
+               "embedding_scale": (manifest["quantization"] or {}).get("embedding_scale"),
                "sizes": manifest["sizes"], "parity": manifest["parity"],
                "seconds": round(time.perf_counter() - start, 1)}
     RunDir(directory, command).write_config({"model": str(model_dir), "export": to_dict(e),

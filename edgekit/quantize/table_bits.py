@@ -7,14 +7,16 @@ floats give at most 15 distinct int8 codes), which the packed download's entropy
 fewer bytes. The parity gate still compares the bundle with the original checkpoint, so it
 measures what the snapping costs.
 
-The step follows the format's own table scale (``FORMAT_SCOPE``): TFLite stores the table with one
-int8 scale per row, so each row gets its own step and its codes are the same 15 integers
-``round(k * 127 / L)`` in every row; ONNX stores it with one scale per table, where per-row steps
-would land on different codes in every row and the table as a whole would still use most of the
-255 codes. Measured on the trained paper-shape table (12,094 x 128, 80% pruned), bytes of its
-non-zero int8 codes under xz / zlib: ONNX as today 237,852 / 238,193, per-row steps 190,512 /
-212,777, one step per table 94,936 / 99,992; TFLite as today 277,044 / 277,332, per-row steps
-132,476 / 137,999 (relative error of the table: 0.064 per row, 0.103 per table).
+The step follows the int8 scale of the table (``edgekit export --embedding-scale``, ``SCALES``):
+with one scale per table (``"table"``, the default, and the only scheme of ONNX Runtime's int8
+Gather) the table gets one step, so its codes are the same 15 integers ``round(k * 127 / L)``
+everywhere; with one scale per row (``"row"``, TFLite only) each row gets its own step, since
+one step for the table would land on different codes in every row and the table as a whole would
+still use most of the 255 codes. Measured on the trained paper-shape table (12,094 x 128, 80%
+pruned), bytes of its non-zero int8 codes under xz / zlib: one scale per table as it is 237,852 /
+238,193, per-row steps 190,512 / 212,777, one step per table 94,936 / 99,992; one scale per row
+as it is 277,044 / 277,332, per-row steps 132,476 / 137,999 (relative error of the table: 0.064
+per row, 0.103 per table).
 """
 
 from __future__ import annotations
@@ -36,8 +38,19 @@ def check_bits(bits) -> int:
 
 
 SCOPES = ("row", "table")
-FORMAT_SCOPE = {"tflite": "row", "onnx": "table"}  # what one int8 scale of the format's table covers
+SCALES = ("table", "row")  # what one int8 scale of the exported table covers: --embedding-scale
+DEFAULT_SCALE = "table"    # as ONNX Runtime's int8 Gather: no float32 scale per row to download
 
+
+def check_scale(scale, format: str | None = None) -> str:
+    """``scale`` if it is one of ``SCALES`` (and ``format`` can store it), else one ``UserError`` sentence."""
+    if scale not in SCALES:
+        raise UserError(f"embedding scale must be one of {', '.join(SCALES)} (one int8 scale for the word-embedding "
+                        f"table, or one per row), got {scale!r}.")
+    if scale == "row" and format == "onnx":
+        raise UserError("--embedding-scale row needs TFLite (onnxruntime's int8 Gather has one scale per table); "
+                        "use --format tflite or --embedding-scale table.")
+    return scale
 
 def snap_levels(table: np.ndarray, bits: int, scope: str = "row") -> np.ndarray:
     """``table`` (rows, dims) on ``2**bits - 1`` symmetric levels, one step per row or per table.
@@ -76,16 +89,17 @@ def snap_facts(original: np.ndarray, snapped: np.ndarray, bits: int, scope: str)
             "relative_error": round(error, 5), "newly_zero": int(((snapped == 0) & (original != 0)).sum())}
 
 
-def snap_word_embeddings(model, bits: int, format: str) -> dict | None:
+def snap_word_embeddings(model, bits: int, scope: str = DEFAULT_SCALE) -> dict | None:
     """Snap the word-embedding table of ``model`` (an ``EarlyExitClassifier`` or ALBERT classifier;
-    an export copy, never the user's model) in place, one step per ``FORMAT_SCOPE[format]``;
-    returns ``snap_facts`` (None for 8 bits)."""
+    an export copy, never the user's model) in place, one step per ``scope`` (the table's int8
+    scale: ``"table"`` or ``"row"``); returns ``snap_facts`` (None for 8 bits)."""
     import torch
 
     bits = check_bits(bits)
     if bits == DEFAULT_BITS:
         return None
-    scope = FORMAT_SCOPE[format]
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     albert = getattr(model, "model", model).albert
     weight = albert.embeddings.word_embeddings.weight
     original = weight.detach().cpu().float().numpy().copy()
