@@ -32,7 +32,7 @@ def _overrides(pairs, **flags) -> dict:
 OVERWRITE_HELP = ("Replace --out if it holds this command's own earlier output (a directory edgekit did not write, or "
                   "one holding files it did not write, is never replaced).")
 PACK_CODEC_HELP = ("zlib: what the phone app (java.util.zip.Inflater) and the browser demo (DecompressionStream) "
-                   "decode; xz: 5-8% smaller, read only by the Python runtime (edgekit_device.unpack).")
+                   "decode; xz: hardly smaller (at most ~0.5% on paper-shape bundles), read only by the Python runtime (edgekit_device.unpack).")
 MAX_LENGTH_HELP = "Longest input in tokens (default: the length the model was fine-tuned with, else 128)."
 MODEL_HELP = "a checkpoint directory, or the run directory of the stage that wrote it"
 
