@@ -164,7 +164,11 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.command = command
 
-    def write_config(self, config: dict) -> None:
+    def write_config(self, config: dict, resume: bool = False) -> None:
+        """Record the effective ``config``; a ``resume`` first checks it against the one the run
+        recorded (``check_resume_config``), writing nothing if it is refused."""
+        if resume:
+            check_resume_config(self.path, config)
         write_json(self.path / "config.json", {"command": self.command, "config": config})
         write_json(self.path / "versions.json", versions())
 
@@ -216,6 +220,64 @@ def remove_stale_temporaries(run_dir) -> list[str]:
                         child.unlink()
                 removed.append(str(child.relative_to(run_dir)))
     return removed
+
+
+def changed_keys(old, new, prefix="") -> list[str]:
+    """The dotted keys whose values differ between two nested config dicts (a key only one has counts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [prefix or "(value)"]
+
+
+# Settings a resumed run may change: they decide what is logged and kept, how often dev is measured and
+# on which hardware the same steps run, not what is trained (a resume restores weights, optimizer,
+# scheduler, RNG and data position whatever they are). Every other change (lr, steps, task, model,
+# eval set, precision...) would make one run's checkpoints mix two settings.
+RESUME_MAY_CHANGE = frozenset({
+    "train.log_every",          # how often metrics.jsonl gets a line
+    "train.save_every",         # how often a checkpoint is written
+    "train.keep_checkpoints",   # how many old checkpoints stay on disk
+    "train.device",             # moving a run to another machine; train.precision is not in this list
+    "finetune.eval_every",      # how often dev is measured (the best is chosen among the measured steps)
+    "tune.eval_every",
+})
+_ABSENT = object()
+
+
+def _lookup(config, key: str):
+    for part in key.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _ABSENT
+        config = config[part]
+    return config
+
+
+def check_resume_config(out, config: dict) -> None:
+    """Refuse (one ``UserError`` sentence naming up to 4 changed keys, old -> new) to resume the run in
+    ``out`` with a ``config`` other than the one its ``config.json`` records, outside
+    ``RESUME_MAY_CHANGE``. A key only one side has is a setting another edgekit version added or
+    dropped (new settings default to the old behaviour) and is not compared; nor is a run without
+    a readable record."""
+    try:
+        recorded = read_json(Path(out) / "config.json")
+    except (OSError, ValueError):
+        return
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
+        return
+    old = recorded["config"]
+    new = json.loads(json.dumps(config, default=str))  # as write_json records it: paths as text, tuples as lists
+    diff = [k for k in changed_keys(old, new) if k not in RESUME_MAY_CHANGE
+            and _lookup(old, k) is not _ABSENT and _lookup(new, k) is not _ABSENT]
+    if not diff:
+        return
+    shown = ", ".join(f"{k} {json.dumps(_lookup(old, k), default=str)} -> {json.dumps(_lookup(new, k), default=str)}"
+                      for k in diff[:4])
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    raise UserError(f"cannot resume '{out}' with other settings than it was started with ({shown}{more}); pass the "
+                    f"same settings, or start a new run with another --out or with --overwrite.")
 
 
 RUN_KINDS = {"distill": "distill-run", "prune": "prune-run", "finetune": "finetune-run", "run": "pipeline-run"}

@@ -66,7 +66,7 @@ def distill(cfg: DistillConfig, out, resume: bool = False, stop_after_step: int 
 
     run = RunDir(out, command=command or " ".join(sys.argv), kind="distill-run")
     if dist.is_main:
-        run.write_config(to_dict(cfg))
+        run.write_config(to_dict(cfg), resume=resume)
     student_tok, kept, vocab_report = _prepare_vocab(cfg, run, tokenizer, texts) if dist.is_main else (None, None, None)
     if dist.enabled:
         from edgekit.train import barrier

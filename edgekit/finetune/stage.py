@@ -222,7 +222,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     batches = make_batches(train_data, cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size,
                            cfg.finetune.bucket_batches)
     run = RunDir(out, command=command or " ".join(sys.argv), kind="finetune-run")
-    run.write_config(to_dict(cfg))
+    run.write_config(to_dict(cfg), resume=resume)
     source_meta = read_meta(model_dir)
     meta = {**source_meta, "kind": "classifier", "stage": "finetune", "task": task.name, "labels": task.labels,
             "label_descriptions": task.descriptions, "finetuned_from": str(Path(model_dir).resolve()),

@@ -19,7 +19,7 @@ from typing import Literal
 
 from edgekit.config import load_config, merge, stage_section, to_dict
 from edgekit.errors import UserError
-from edgekit.io import mark_dir, read_json, remove_own, write_json
+from edgekit.io import changed_keys, mark_dir, read_json, remove_own, write_json
 from edgekit.pipeline.config import PipelineConfig, TaskEntry, task_config
 
 STAGE_FILE = "stage.json"
@@ -203,15 +203,6 @@ def fingerprint(stage: Stage, finished: dict[str, dict]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _changed_keys(old, new, prefix="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _changed_keys(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if old == new else [prefix or "(value)"]
-
-
 def decide(stage: Stage, fingerprint: str, force: bool) -> str:
     """'done', 'resume' (unfinished, same config), 'new'; raises on a changed stage unless ``force``
     (which deletes the stage's directory)."""
@@ -220,7 +211,7 @@ def decide(stage: Stage, fingerprint: str, force: bool) -> str:
         done = read_json(marker)
         if done.get("fingerprint") == fingerprint:
             return "done"
-        why = _changed_keys(done.get("config", {}), stage.config)
+        why = changed_keys(done.get("config", {}), stage.config)
         adopted = why and all(k.startswith("adopt.") for k in why)
         reason = (f"the teacher run it adopts changed ({', '.join(why)})" if adopted else
                   f"its recipe changed ({', '.join(why[:4])})" if why else
@@ -229,7 +220,7 @@ def decide(stage: Stage, fingerprint: str, force: bool) -> str:
         previous = stage.directory / STARTED_FILE
         if previous.is_file() and read_json(previous).get("fingerprint") == fingerprint:
             return "resume"
-        why = _changed_keys(read_json(previous).get("config", {}), stage.config) if previous.is_file() else []
+        why = changed_keys(read_json(previous).get("config", {}), stage.config) if previous.is_file() else []
         reason = (f"it was started with a different recipe ({', '.join(why[:4])})" if why else
                   "it was started with different inputs or by another edgekit version" if previous.is_file() else
                   "it was not started by this pipeline")

@@ -160,7 +160,7 @@ def prune(cfg: PruneConfig, out, resume: bool = False, stop_after_step: int | No
     callback = PruningCallback(pruner, cfg.prune, end_step)
     run = RunDir(out, command=command or " ".join(sys.argv), kind="prune-run")
     if dist.is_main:
-        run.write_config(to_dict(cfg))
+        run.write_config(to_dict(cfg), resume=resume)
     new_meta = {**meta, "stage": "prune", "pruned_from": str(Path(student_dir).resolve()),
                 "target_sparsity": cfg.prune.sparsity, "early_exit": cfg.early_exit.enabled,
                 "teacher": str(Path(teacher_dir).resolve()), "teacher_layer": distiller.teacher_layer}

@@ -132,7 +132,7 @@ def tune(cfg: TuneConfig, out, resume: bool = False, stop_after_step: int | None
     train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
     batches = ResumableBatches(len(train_data), cfg.train.batch_size, cfg.train.seed, dist.rank, dist.world_size)
     run = RunDir(out, command=command or " ".join(sys.argv), kind=RUN_KIND)
-    run.write_config(to_dict(cfg))
+    run.write_config(to_dict(cfg), resume=resume)
     meta = {**task_meta(spec, task.name, task.labels, t.max_length, model_dir, base, task.descriptions),
             "trainable_parameters": counts["trainable_parameters"]}
 
