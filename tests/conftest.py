@@ -153,3 +153,20 @@ def classifier(tiny_classifier):
     from edgekit.early_exit import EarlyExitClassifier
 
     return EarlyExitClassifier.from_pretrained(tiny_classifier).eval()
+
+
+def invoke_cli(*args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``edgekit ARGS`` in this process (module fixtures cannot use capsys)."""
+    import contextlib
+    import io
+
+    from edgekit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

@@ -9,14 +9,12 @@ refusals, one sentence each and nothing written, and the recipe key.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 
-from conftest import clue_sentences
+from conftest import clue_sentences, invoke_cli
 from edgekit.errors import UserError
 from edgekit.quantize.table_bits import check_scale
 
@@ -24,18 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 VOCAB_ROWS = 21128  # bert-base-chinese: the tiny classifier's word-embedding table is (21128, 16)
 
 
-def cli(*args):
-    """(exit code, stdout, stderr) of ``edgekit ARGS`` in this process (module fixtures cannot use capsys)."""
-    from edgekit.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+cli = invoke_cli  # conftest: edgekit ARGS in this process
 
 
 @pytest.fixture(scope="module")

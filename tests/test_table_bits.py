@@ -8,15 +8,13 @@ strict one that the 8-bit bundle passes); bad values are one sentence.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 
 import numpy as np
 import pytest
 
-from conftest import clue_sentences
+from conftest import clue_sentences, invoke_cli
 from edgekit.errors import UserError
 from edgekit.quantize.table_bits import DEFAULT_SCALE, SCALES, check_bits, snap_facts, snap_levels
 
@@ -69,18 +67,7 @@ def test_bits_outside_2_to_8_are_one_sentence(bits):
 # --- a real export ----------------------------------------------------------------------------
 
 
-def cli(*args):
-    """(exit code, stdout, stderr) of ``edgekit ARGS`` in this process (module fixtures cannot use capsys)."""
-    from edgekit.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+cli = invoke_cli  # conftest: edgekit ARGS in this process
 
 
 def sha256(path) -> str:
