@@ -6,6 +6,8 @@ distillation, pruning that keeps accuracy, the shipped int8 bundle, early exit o
     python benchmarks/clue.py --teacher-run csl=runs/teacher-csl5 --teacher-run tnews=runs/teacher-tnews
                                                # adopt finished `edgekit finetune --model e5-small` runs as the
                                                # teacher rows instead of fine-tuning the teacher again (hours)
+    python benchmarks/clue.py --tasks csl --teacher-run csl=runs/teacher-csl5
+                                               # one task's rows now (results <name>_csl.*); the rest later
 
 Stage by stage, each resumable (rerun the same command after a kill: finished stages are skipped,
 an interrupted fine-tuning continues from its checkpoint):
@@ -121,26 +123,63 @@ def teacher_run_overrides(cfg, pairs: list[str]) -> dict:
                                    for e in cfg.pipeline.tasks]}}
 
 
-def _finetune_stage(directory: Path, cfg, echo) -> dict:
-    """Run (or resume, or skip when finished) one fine-tuning into ``directory``."""
+def task_subset_overrides(cfg, names: str) -> dict:
+    """``--tasks a,b``: keep only those entries of ``pipeline.tasks`` (each entry as the recipe writes it).
+
+    A subset runs the same stages of the same run directory, so running ``--tasks csl`` now and the whole
+    recipe later redoes nothing; finished general distillation and pruning are shared.
+    """
+    from edgekit.config import to_dict
+    from edgekit.errors import UserError
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    have = [e.name for e in cfg.pipeline.tasks]
+    unknown = [n for n in wanted if n not in have]
+    if not wanted or unknown:
+        raise UserError(f"--tasks names '{unknown[0] if unknown else names}', which the recipe does not run "
+                        f"({', '.join(have)}); give a comma-separated subset of those tasks, e.g. --tasks {have[-1]}.")
+    return {"pipeline": {"tasks": [to_dict(e) for e in cfg.pipeline.tasks if e.name in wanted]}}
+
+
+def _stage(out: Path, name: str, config: dict, inputs: list[str], force: bool, echo, run) -> dict:
+    """Run ``run()`` as a pipeline stage ``OUT/name`` (edgekit/pipeline/plan.py's markers): skipped when
+    finished with the same config and inputs, resumed when interrupted, and refused (redone with
+    ``--force``) when its config or a stage it reads changed since, e.g. a re-run or re-adopted teacher.
+    Returns (``run()``'s result or None when skipped, the stage's finished marker)."""
+    from edgekit.pipeline.plan import Stage, decide, fingerprint, finished_marker, mark_finished, mark_started
+
+    stage = Stage(name, "finetune", out / name, config, inputs)
+    finished = {n: read_json(out / n / "stage.json") for n in inputs}
+    fp = fingerprint(stage, finished)
+    state = decide(stage, fp, force)
+    if state == "done":
+        echo(f"{name}: finished earlier, skipped")
+        return finished_marker(stage)
+    echo(f"{name}: " + ("resuming" if state == "resume" else "running"))
+    mark_started(stage, fp)
+    t0 = time.perf_counter()
+    run(state == "resume")
+    return mark_finished(stage, fp, round(time.perf_counter() - t0, 1))
+
+
+def _finetune_and_eval(directory: Path, cfg, eval_cfg, echo):
+    """The stage body of one task-distillation row: fine-tune (or resume) into ``directory``, then
+    evaluate its model on the whole dev split into ``directory/eval.json``."""
     from edgekit.finetune import finetune
 
-    if (directory / "results.json").is_file():
-        echo(f"{directory}: finished earlier, skipped")
-        return read_json(directory / "results.json")
-    resume = directory.is_dir() and any(directory.iterdir())
-    echo(f"{directory}: {'resuming' if resume else 'fine-tuning'}")
-    result = finetune(cfg, directory, resume=resume, command="python benchmarks/clue.py")
-    if result.get("interrupted"):
-        raise KeyboardInterrupt
-    return result
+    def run(resume: bool):
+        if not (directory / "results.json").is_file():
+            result = finetune(cfg, directory, resume=resume and (directory / "config.json").is_file(),
+                              command="python benchmarks/clue.py")
+            if result.get("interrupted"):
+                raise KeyboardInterrupt
+        _eval(directory, directory / "model", cfg.task, eval_cfg, cfg.task.max_length)
+    return run
 
 
-def _eval_stage(directory: Path, path: Path, t, eval_cfg, max_length, echo) -> dict:
+def _eval(directory: Path, path: Path, t, eval_cfg, max_length) -> dict:
     from edgekit.eval import evaluate
 
-    if (directory / "eval.json").is_file():
-        return read_json(directory / "eval.json")
     result = evaluate(path, t.name, t.data_dir, "dev", t.text_field, t.text_pair_field, t.label_field,
                       eval_cfg.batch_size, eval_cfg.max_examples, max_length=max_length, threads=eval_cfg.threads,
                       provenance=t.provenance)
@@ -148,63 +187,76 @@ def _eval_stage(directory: Path, path: Path, t, eval_cfg, max_length, echo) -> d
     return result
 
 
-def task_distillation_rows(cfg, out: Path, sparsity: float, echo=print) -> dict:
-    """Stage 2 for every task: {task: {row: eval result}} plus the chosen pruned row and bundle."""
+def task_distillation_rows(cfg, out: Path, sparsity: float, force: bool = False, echo=print) -> dict:
+    """Stage 2 for every task: {task: {row: eval result}} plus the chosen pruned row and bundle.
+
+    Each row is a stage of the run directory (``task-distill/<row>/<task>``) whose fingerprint covers
+    its fine-tuning config and the stages it reads (``distill`` or ``prune``, and the task's teacher
+    ``reference/teacher/<task>``), so a new teacher refuses the old rows instead of reusing them."""
+    from edgekit.config import to_dict
     from edgekit.export import export_model
     from edgekit.pipeline.config import task_config
+    from edgekit.prune.config import PruneSection
     from edgekit.tasks import load_task
 
     rows: dict[str, dict] = {}
-    root = out / "task-distill"
+    root = "task-distill"
     cache = out / "teacher-logits"
     for entry in cfg.pipeline.tasks:
         t = entry.name
-        teacher_run = out / "reference" / "teacher" / t
+        teacher_stage = f"reference/teacher/{t}"
         base = task_config(cfg, entry, str(out / "distill" / "model"))
         task = base.task
-        soft = {"teacher_run": str(teacher_run), "logit_cache": str(cache)}
-        runs = {}
-        for key, model, extra in (
-                ("dense_task", out / "distill" / "model", {}),
-                ("pruned_task", out / "prune" / "model", {}),
-                ("task_pruned", out / "distill" / "model", {"prune": {"sparsity": sparsity}})):
+        runs, markers = {}, {}
+        for key, source, extra in (
+                ("dense_task", "distill", {}),
+                ("pruned_task", "prune", {}),
+                ("task_pruned", "distill", {"prune": PruneSection(sparsity=sparsity)})):
             ft = copy.deepcopy(base)
-            ft.model = str(model)
-            for k, v in {**soft, **extra}.items():
-                if k == "prune":
-                    from edgekit.prune.config import PruneSection
-
-                    v = PruneSection(**v)
+            ft.model = str(out / source / "model")
+            for k, v in {"teacher_run": str(out / teacher_stage), "logit_cache": str(cache), **extra}.items():
                 setattr(ft.finetune, k, v)
-            runs[key] = _finetune_stage(root / key / t, ft, echo)
-        evals = {key: _eval_stage(root / key / t, root / key / t / "model", task, cfg.eval, task.max_length, echo)
-                 for key in runs}
+            name = f"{root}/{key}/{t}"
+            markers[key] = _stage(out, name, to_dict(ft), [source, teacher_stage], force, echo,
+                                  _finetune_and_eval(out / name, ft, cfg.eval, echo))
+            runs[key] = read_json(out / name / "results.json")
+        evals = {key: read_json(out / f"{root}/{key}/{t}" / "eval.json") for key in runs}
         shipped = max(("pruned_task", "task_pruned"), key=lambda k: runs[k]["dev_accuracy"])  # chosen on dev
-        bundle_dir = root / "export" / t / "bundle"
-        if not (bundle_dir / "manifest.json").is_file():
+        export_name = f"{root}/export/{t}"
+        x = cfg.export
+
+        def export(resume: bool, shipped=shipped, task=task, export_dir=out / export_name):
+            bundle_dir = export_dir / "bundle"
             loaded = load_task(task.name, task.data_dir, task.text_field, task.text_pair_field, task.label_field)
-            x = cfg.export
-            export_model(root / shipped / t / "model", bundle_dir, format=x.format,
+            export_model(out / f"{root}/{shipped}/{t}" / "model", bundle_dir, format=x.format,
                          int8={"none": False}.get(x.int8, x.int8), max_length=task.max_length,
                          sample_texts=loaded.dev.texts[:x.parity_examples], pack=x.pack, pack_codec=x.pack_codec,
                          min_agreement=x.min_agreement, overwrite=True,
                          sample_source=f"texts of the {task.name} dev split")
-        evals["bundle"] = _eval_stage(root / "export" / t, bundle_dir, task, cfg.eval, None, echo)
-        rows[t] = {"evals": evals, "shipped_from": shipped, "results": {k: {kk: r.get(kk) for kk in (
-            "dev_accuracy", "steps", "schedule", "task_distill", "task_prune", "best_step")} for k, r in runs.items()}}
+            _eval(export_dir, bundle_dir, task, cfg.eval, None)
+
+        markers["bundle"] = _stage(out, export_name, {"shipped_from": shipped, "export": to_dict(x)},
+                                   [f"{root}/{shipped}/{t}"], force, echo, export)
+        evals["bundle"] = read_json(out / export_name / "eval.json")
+        rows[t] = {"evals": evals, "shipped_from": shipped, "shipped_fingerprint": markers[shipped]["fingerprint"],
+                   "results": {k: {kk: r.get(kk) for kk in ("dev_accuracy", "steps", "schedule", "task_distill",
+                                                          "task_prune", "best_step")} for k, r in runs.items()}}
     return rows
 
 
 def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, limit: int | None) -> dict:
-    """Stage 3: accuracy per exit and dynamic exits of the shipped pruned checkpoint, per task."""
+    """Stage 3: accuracy per exit and dynamic exits of the shipped pruned checkpoint, per task; a table
+    is reused only while it was made from the same shipped checkpoint (its stage fingerprint)."""
     import early_exit
 
     tables = {}
     for entry in cfg.pipeline.tasks:
         t = entry.name
         stem = f"{name}_early_exit_{t}"
-        if (results_dir / f"{stem}.json").is_file():
-            tables[t] = read_json(results_dir / f"{stem}.json")
+        source = rows[t]["shipped_fingerprint"]
+        done = results_dir / f"{stem}.json"
+        if done.is_file() and read_json(done).get("source_fingerprint") == source:
+            tables[t] = read_json(done)
             continue
         from edgekit.pipeline.config import task_config
 
@@ -212,7 +264,8 @@ def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, 
         model = out / "task-distill" / rows[t]["shipped_from"] / t / "model"
         args = argparse.Namespace(model=str(model), task=t, data_dir=task.data_dir, max_length=task.max_length,
                                   limit=limit, name=stem, out_dir=str(results_dir))
-        tables[t] = early_exit.accuracy(args)
+        tables[t] = {**early_exit.accuracy(args), "source_fingerprint": source}
+        write_json(done, tables[t])
     return tables
 
 
@@ -227,6 +280,9 @@ def main() -> dict:
     ap.add_argument("--teacher-run", action="append", default=None, metavar="TASK=PATH",
                     help="adopt a finished `edgekit finetune` run of the teacher on TASK as its teacher row "
                          "(pipeline.tasks[].teacher_run); repeatable")
+    ap.add_argument("--tasks", default=None, metavar="A,B",
+                    help="run only these of the recipe's tasks (same run directory; results stem "
+                         "<name>_<tasks>, so the all-task table is not overwritten)")
     args = ap.parse_args()
     command = "python benchmarks/clue.py" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
@@ -235,19 +291,24 @@ def main() -> dict:
     recipe = ROOT / args.recipe if not Path(args.recipe).is_absolute() else Path(args.recipe)
     overrides = {"pipeline": {"data_dir": args.data_dir}} if args.data_dir else {}
     name = args.name or Path(args.recipe).stem
+    exit_name = name  # per task, so a subset and the whole recipe share them (reused while their source is)
+    name += f"_{args.tasks.replace(',', '_')}" if args.tasks else ""
     out = Path(args.out or ("runs/clue-smoke" if args.smoke else load_pipeline_config(recipe).pipeline.out))
     results_dir = ROOT / "benchmarks" / "results"
     if args.smoke:
         overrides = merge(smoke_setup(out), overrides)
-        results_dir, name = out / "benchmark", f"{name}_smoke"
+        results_dir, name, exit_name = out / "benchmark", f"{name}_smoke", f"{exit_name}_smoke"
     cfg = load_pipeline_config(recipe, overrides)
     if args.teacher_run:
-        cfg = load_pipeline_config(recipe, merge(overrides, teacher_run_overrides(cfg, args.teacher_run)))
+        overrides = merge(overrides, teacher_run_overrides(cfg, args.teacher_run))
+        cfg = load_pipeline_config(recipe, overrides)
+    if args.tasks:
+        cfg = load_pipeline_config(recipe, merge(overrides, task_subset_overrides(cfg, args.tasks)))
     start = time.perf_counter()
     report = run_pipeline(cfg, out, force=args.force, command=command)
     sparsity = float(cfg.prune.get("prune", {}).get("sparsity", 0.8))
-    extra = task_distillation_rows(cfg, out, sparsity)
-    exits = early_exit_tables(cfg, out, extra, results_dir, name, 64 if args.smoke else None)
+    extra = task_distillation_rows(cfg, out, sparsity, force=args.force)
+    exits = early_exit_tables(cfg, out, extra, results_dir, exit_name, 64 if args.smoke else None)
 
     tasks = [e.name for e in cfg.pipeline.tasks]
     acc = {key: {} for key, _ in ROWS}
@@ -308,7 +369,7 @@ def main() -> dict:
         b = e.get("best")
         setting = (f"{b['mode']} {b.get('patience', b.get('entropy_threshold'))}" if b else "none")
         lines.append(f"| {t} | {per} | {setting} | {b['speedup_vs_full'] if b else ''}{'×' if b else ''} |")
-    lines += ["", f"Plots: `{name}_early_exit_<task>.png`. Wall time of this invocation: "
+    lines += ["", f"Plots: `{exit_name}_early_exit_<task>.png`. Wall time of this invocation: "
               f"{time.perf_counter() - start:.0f} s (stages finished earlier were skipped)."]
     md = "\n".join(lines) + "\n"
     print(md)

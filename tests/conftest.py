@@ -14,6 +14,16 @@ DATA = SHARED / "data"
 VOCAB = DATA / "vocab" / "bert-base-chinese" / "vocab.txt"
 
 
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def clue_sentences(n: int, task: str = "tnews", split: str = "dev.json", field: str = "sentence") -> list[str]:
     lines = (DATA / "clue" / task / split).read_text(encoding="utf-8").split("\n")
     return [json.loads(line)[field] for line in lines[:n] if line.strip()]

@@ -163,14 +163,10 @@ def test_teacher_run_needs_the_teacher_row(tiny_teacher, tiny_corpus, separable,
 
 
 def test_clue_benchmark_teacher_run_option():
-    import importlib.util
-
-    from conftest import ROOT
+    from conftest import ROOT, load_benchmark
     from edgekit.pipeline import load_pipeline_config
 
-    spec = importlib.util.spec_from_file_location("clue_benchmark", ROOT / "benchmarks" / "clue.py")
-    clue = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(clue)
+    clue = load_benchmark("clue")
     cfg = load_pipeline_config(ROOT / "recipes" / "clue_e5_task.yaml")
     over = clue.teacher_run_overrides(cfg, ["csl=runs/teacher-csl5", "tnews=/abs/teacher-tnews"])
     tasks = load_pipeline_config(ROOT / "recipes" / "clue_e5_task.yaml", over).pipeline.tasks

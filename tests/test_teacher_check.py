@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,12 +9,10 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 from edgekit.errors import UserError
 
-spec = importlib.util.spec_from_file_location("teacher_check", ROOT / "benchmarks" / "teacher_check.py")
-tc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tc)
+tc = load_benchmark("teacher_check")
 
 
 def fake_config(task="csl", max_steps=310, epochs=5.0, max_eval=None, data_dir="../shared/data/clue/csl"):

@@ -1,0 +1,76 @@
+"""benchmarks/clue.py's own bookkeeping: a task subset, and its stage-2 rows as pipeline stages that
+a changed teacher (or any stage they read) refuses instead of silently reusing."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT, load_benchmark
+from edgekit.errors import UserError
+from edgekit.io import read_json, write_json
+from edgekit.pipeline import load_pipeline_config
+
+clue = load_benchmark("clue")
+RECIPE = ROOT / "recipes" / "clue_e5_task.yaml"
+
+
+def test_task_subset_keeps_the_recipe_entries():
+    cfg = load_pipeline_config(RECIPE)
+    over = clue.task_subset_overrides(cfg, "csl,tnews")
+    tasks = load_pipeline_config(RECIPE, over).pipeline.tasks
+    assert [t.name for t in tasks] == ["tnews", "csl"]  # the recipe's order, not the option's
+    assert tasks[1].provenance == "benchmarks/clue_provenance.md"
+    with pytest.raises(UserError, match=r"--tasks names 'afqmc', which the recipe does not run "
+                                        r"\(tnews, iflytek, csl\); give a comma-separated subset"):
+        clue.task_subset_overrides(cfg, "csl,afqmc")
+    with pytest.raises(UserError, match=r"--tasks names ',', which the recipe does not run"):
+        clue.task_subset_overrides(cfg, ",")
+
+
+def _upstream(out, name, fingerprint):
+    write_json(out / name / "stage.json", {"stage": name, "fingerprint": fingerprint, "config": {},
+                                           "finished_at": "2026-12-01T00:00:00+0000", "seconds": 1.0})
+
+
+def test_rows_are_stages_refused_when_the_teacher_changes(tmp_path):
+    out = tmp_path / "run"
+    _upstream(out, "distill", "aaaa")
+    _upstream(out, "reference/teacher/csl", "t1")
+    calls = []
+
+    def body(resume):
+        calls.append(resume)
+        write_json(out / "task-distill/dense_task/csl" / "eval.json", {"accuracy": 0.5 + len(calls)})
+
+    args = (out, "task-distill/dense_task/csl", {"lr": 1e-4}, ["distill", "reference/teacher/csl"])
+    first = clue._stage(*args, force=False, echo=lambda m: None, run=body)
+    assert calls == [False] and first["stage"] == "task-distill/dense_task/csl"
+    again = clue._stage(*args, force=False, echo=lambda m: None, run=body)
+    assert calls == [False] and again["fingerprint"] == first["fingerprint"]  # skipped
+    _upstream(out, "reference/teacher/csl", "t2")  # the teacher was re-run or another run adopted
+    with pytest.raises(UserError, match=r"stage 'task-distill/dense_task/csl' .* cannot be reused: a stage it reads "
+                                        r"\(distill, reference/teacher/csl\) was redone; pass --force"):
+        clue._stage(*args, force=False, echo=lambda m: None, run=body)
+    redone = clue._stage(*args, force=True, echo=lambda m: None, run=body)
+    assert calls == [False, False] and redone["fingerprint"] != first["fingerprint"]
+    assert read_json(out / "task-distill/dense_task/csl" / "eval.json") == {"accuracy": 2.5}
+    # a changed fine-tuning config is refused by name
+    with pytest.raises(UserError, match=r"its recipe changed \(lr\)"):
+        clue._stage(out, "task-distill/dense_task/csl", {"lr": 2e-4}, ["distill", "reference/teacher/csl"],
+                    force=False, echo=lambda m: None, run=body)
+
+
+def test_an_interrupted_row_resumes(tmp_path):
+    out = tmp_path / "run"
+    _upstream(out, "prune", "p")
+
+    def killed(resume):
+        raise KeyboardInterrupt
+
+    args = (out, "task-distill/pruned_task/tnews", {"lr": 1e-4}, ["prune"])
+    with pytest.raises(KeyboardInterrupt):
+        clue._stage(*args, force=False, echo=lambda m: None, run=killed)
+    seen = []
+    clue._stage(*args, force=False, echo=lambda m: None, run=seen.append)
+    assert seen == [True]
+    assert (out / "task-distill/pruned_task/tnews" / "stage.json").is_file()
