@@ -9,6 +9,7 @@ segments only through ``--cache redis://...``; with the default LRU each keeps i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def deploy(model: Path, config: ServeConfig):
     """Start Ray Serve's proxy on ``config.host:port`` and the replicas; returns once they answer."""
     ray, ray_serve = _ray()
     if not ray.is_initialized():
+        # Ray Serve gives its proxy 5 s to report ready and then restarts it; on a loaded 2-core machine
+        # startup takes longer and never succeeds. The processes ray.init starts inherit these (a value
+        # the user set wins).
+        for name, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60"),
+                              ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")):
+            os.environ.setdefault(name, seconds)
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     # a replica asks for one CPU where the cluster has one per replica; on a smaller machine a share,
