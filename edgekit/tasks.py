@@ -380,6 +380,41 @@ def _sentiment(seed: int = SENTIMENT_SEED) -> Task:
 # Loading
 
 
+def _task_spec(name: str, text_field: str | None, text_pair_field: str | None, label_field: str | None) -> TaskSpec:
+    """How a task's file is read: the built-in task's fields (overridden by the given ones), or the given fields."""
+    if name in GENERIC_TASKS:
+        if not text_field:
+            raise UserError(f"task '{name}' needs --text-field (and --label-field if it is not 'label').")
+        return TaskSpec(text=text_field, pair=text_pair_field, label=label_field or "label")
+    base = TASKS[name]
+    return TaskSpec(text=text_field or base.text, pair=text_pair_field or base.pair, label=label_field or base.label,
+                    labels=base.labels, join_list=base.join_list, build=None if text_field else base.build,
+                    segment=None if text_field else base.segment)
+
+
+def read_unlabeled(name: str, files, text_field: str | None = None, text_pair_field: str | None = None,
+                   max_examples: int | None = None) -> list[str]:
+    """Texts of task-format files whose lines need no label (e.g. CLUE's ``test.json``), each example
+    built as ``load_task`` builds it (pairs joined with ``PAIR_SEPARATOR``, keyword lists joined), so
+    a teacher and student see unlabelled examples exactly as they see the task's own."""
+    from edgekit.data import resolve_path
+
+    if name == "sentiment" or (name not in TASKS and name not in GENERIC_TASKS):
+        raise UserError(f"task '{name}' has no file format to read unlabelled examples with; list plain texts in "
+                        "finetune.unlabeled and set finetune.unlabeled_text_field to their field instead.")
+    spec = _task_spec(name, text_field, text_pair_field, None)
+    reader = _read_csv_records if name == "csv" else _read_json_records
+    texts: list[str] = []
+    for f in [files] if isinstance(files, (str, Path)) else files:
+        path = resolve_path(str(f))
+        if not path.is_file():
+            raise UserError(f"unlabelled file '{f}' does not exist; check finetune.unlabeled.")
+        texts += _split(reader(path), path, spec, {}, labelled=False).texts
+        if max_examples and len(texts) >= max_examples:
+            return texts[:max_examples]
+    return texts
+
+
 def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair_field: str | None = None,
               label_field: str | None = None, train_file: str = "train", dev_file: str = "dev",
               test_file: str | None = None, provenance=None, segmented: bool = False) -> Task:
@@ -410,15 +445,7 @@ def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair
     if not generic and segmented and TASKS[name].segment is None:
         raise UserError(f"task '{name}' has no built-in segmenter; late interaction needs csl, tnews, iflytek or a "
                         "jsonl set whose examples have a 'segments' list.")
-    if generic:
-        if not text_field:
-            raise UserError(f"task '{name}' needs --text-field (and --label-field if it is not 'label').")
-        spec = TaskSpec(text=text_field, pair=text_pair_field, label=label_field or "label")
-    else:
-        base = TASKS[name]
-        spec = TaskSpec(text=text_field or base.text, pair=text_pair_field or base.pair, label=label_field or base.label,
-                        labels=base.labels, join_list=base.join_list, build=None if text_field else base.build,
-                        segment=None if text_field else base.segment)
+    spec = _task_spec(name, text_field, text_pair_field, label_field)
     reader, suffixes = (_read_csv_records, (".csv",)) if name == "csv" else (_read_json_records, (".json", ".jsonl"))
 
     def path_of(stem: str) -> Path:

@@ -25,7 +25,7 @@ class FinetuneSection:
     alpha: float = 0.5               # α·T²·KL(teacher ‖ student) + (1−α)·CE(labels)
     temperature: float = 2.0         # T
     unlabeled: list[str] = field(default_factory=list)  # in-domain texts without labels (soft labels only)
-    unlabeled_text_field: str = "sentence,text,abst"
+    unlabeled_text_field: str = "sentence,text,abst"  # or "task": each line read as the task reads examples
     max_unlabeled: int | None = None
     logit_cache: str | None = None   # where teacher logits are cached (default: EDGEKIT_HOME/teacher-logits)
     # task-level gradual magnitude pruning during fine-tuning (edgekit/prune's schedule and pruner)

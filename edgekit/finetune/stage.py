@@ -211,7 +211,7 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
             raise UserError("finetune.teacher_run does not combine with late_interaction yet; drop one of them.")
         n = len(train_data)
         train_data, distilled = attach_teacher(cfg.finetune, task.labels, task.train.texts[:n], task.train.labels[:n],
-                                               tokenizer, t.max_length)
+                                               tokenizer, t.max_length, t, pair_task=task.train.pairs is not None)
         module = soft_label_module(clf, early, cfg.finetune.alpha, cfg.finetune.temperature)
     from edgekit.finetune.batching import make_batches
     from edgekit.finetune.schedule import describe_schedule, resolve_schedule
