@@ -232,7 +232,9 @@ def task_distillation_rows(cfg, out: Path, sparsity: float, force: bool = False,
                          int8={"none": False}.get(x.int8, x.int8), max_length=task.max_length,
                          sample_texts=loaded.dev.texts[:x.parity_examples], pack=x.pack, pack_codec=x.pack_codec,
                          min_agreement=x.min_agreement, overwrite=True,
-                         sample_source=f"texts of the {task.name} dev split")
+                         sample_source=f"texts of the {task.name} dev split",
+                         embedding_bits=x.embedding_bits, embedding_scale=x.embedding_scale,
+                         accuracy_aware=False if x.accuracy_aware is None else x.accuracy_aware)
             _eval(export_dir, bundle_dir, task, cfg.eval, None)
 
         markers["bundle"] = _stage(out, export_name, {"shipped_from": shipped, "export": to_dict(x)},

@@ -74,3 +74,24 @@ def test_an_interrupted_row_resumes(tmp_path):
     clue._stage(*args, force=False, echo=lambda m: None, run=seen.append)
     assert seen == [True]
     assert (out / "task-distill/pruned_task/tnews" / "stage.json").is_file()
+
+
+def test_export_accuracy_aware_in_a_recipe():
+    """``export.accuracy_aware`` reaches the ONNX bundle's fingerprint, not the phone's TFLite one; a wrong
+    value or format is refused while planning."""
+    from edgekit.pipeline.plan import _export_stage
+
+    cfg = load_pipeline_config(RECIPE)
+    assert cfg.export.accuracy_aware == 0.99
+    entry = cfg.pipeline.tasks[0]
+    onnx = _export_stage(cfg, ROOT / "runs" / "x", entry)
+    phone = _export_stage(cfg, ROOT / "runs" / "x", entry, phone=True)
+    assert onnx.config["export"]["accuracy_aware"] == 0.99
+    assert "accuracy_aware" not in phone.config["export"]
+    plain = load_pipeline_config(RECIPE, {"export": {"accuracy_aware": None}})
+    assert "accuracy_aware" not in _export_stage(plain, ROOT / "runs" / "x", entry).config["export"]
+    with pytest.raises(UserError, match=r"export.accuracy_aware must be a share between 0 and 1 \(e.g. 0.99\), "
+                                        r"got 1.5"):
+        load_pipeline_config(RECIPE, {"export": {"accuracy_aware": 1.5}})
+    with pytest.raises(UserError, match=r"export.accuracy_aware applies to dynamic int8 ONNX bundles"):
+        load_pipeline_config(RECIPE, {"export": {"format": "tflite"}})

@@ -70,6 +70,10 @@ class ExportSection:
     # int8 only: one int8 scale for the word-embedding table, or one per row (TFLite only: 85 KB
     # more download on the paper shape for half the table's error; export/tflite.py)
     embedding_scale: Literal["table", "row"] = "table"
+    # dynamic int8 ONNX only: Neural Compressor keeps modules in float, head first, until every exit agrees
+    # with the float model on this share of the parity texts (`edgekit export --accuracy-aware`); the
+    # phone's TFLite bundle is quantized as before
+    accuracy_aware: float | None = None
 
 
 @dataclass
@@ -142,6 +146,13 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
         if cfg.export.int8 == "none":
             raise UserError("export.embedding_scale: row applies to int8 bundles; set export.int8: dynamic (or "
                             "static), or export.embedding_scale: table.")
+    aa = cfg.export.accuracy_aware
+    if aa is not None:
+        if isinstance(aa, bool) or not isinstance(aa, (int, float)) or not 0.0 < aa <= 1.0:
+            raise UserError(f"export.accuracy_aware must be a share between 0 and 1 (e.g. 0.99), got {aa!r}.")
+        if cfg.export.format != "onnx" or cfg.export.int8 != "dynamic":
+            raise UserError("export.accuracy_aware applies to dynamic int8 ONNX bundles; set export.format: onnx and "
+                            "export.int8: dynamic, or drop export.accuracy_aware.")
     if cfg.export.parity_examples < 1:
         raise UserError(f"export.parity_examples must be at least 1, got {cfg.export.parity_examples!r}.")
     return cfg

@@ -169,6 +169,7 @@ def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool 
                  # done (a TFLite int8 table had one scale per row before embedding_scale: those redo)
                  {"export": {k: v for k, v in to_dict(e).items()
                              if k != "phone" and not (k == "embedding_bits" and v == 8)
+                             and not (k == "accuracy_aware" and (v is None or e.format != "onnx"))
                              and not (k == "embedding_scale" and v == "table"
                                       and (e.format == "onnx" or e.int8 == "none"))},
                   "max_length": max_length},

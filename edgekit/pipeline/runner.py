@@ -136,7 +136,8 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
                  max_length=job["max_length"], sample_texts=task.dev.texts[:e.parity_examples],
                  calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
                  min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split",
-                 embedding_bits=e.embedding_bits, embedding_scale=e.embedding_scale)
+                 embedding_bits=e.embedding_bits, embedding_scale=e.embedding_scale,
+                 accuracy_aware=e.accuracy_aware if e.format == "onnx" and e.accuracy_aware is not None else False)
     manifest = read_json(directory / "bundle" / "manifest.json")
     packed = packed_path(directory / "bundle")
     results = {"stage": "export", "bundle": str(directory / "bundle"),
