@@ -141,21 +141,20 @@ def task_subset_overrides(cfg, names: str) -> dict:
     return {"pipeline": {"tasks": [to_dict(e) for e in cfg.pipeline.tasks if e.name in wanted]}}
 
 
-def _stage(out: Path, name: str, config: dict, inputs: list[str], force: bool, echo, run) -> dict:
-    """Run ``run()`` as a pipeline stage ``OUT/name`` (edgekit/pipeline/plan.py's markers): skipped when
+def _stage(out: Path, stage, force: bool, echo, run) -> dict:
+    """Run ``run(resume)`` as the pipeline stage ``stage`` (edgekit/pipeline/plan.py's markers): skipped when
     finished with the same config and inputs, resumed when interrupted, and refused (redone with
     ``--force``) when its config or a stage it reads changed since, e.g. a re-run or re-adopted teacher.
-    Returns (``run()``'s result or None when skipped, the stage's finished marker)."""
-    from edgekit.pipeline.plan import Stage, decide, fingerprint, finished_marker, mark_finished, mark_started
+    Returns the stage's finished marker (``stage.json``)."""
+    from edgekit.pipeline.plan import decide, fingerprint, finished_marker, mark_finished, mark_started
 
-    stage = Stage(name, "finetune", out / name, config, inputs)
-    finished = {n: read_json(out / n / "stage.json") for n in inputs}
+    finished = {n: read_json(out / n / "stage.json") for n in stage.inputs}
     fp = fingerprint(stage, finished)
     state = decide(stage, fp, force)
     if state == "done":
-        echo(f"{name}: finished earlier, skipped")
+        echo(f"{stage.name}: finished earlier, skipped")
         return finished_marker(stage)
-    echo(f"{name}: " + ("resuming" if state == "resume" else "running"))
+    echo(f"{stage.name}: " + ("resuming" if state == "resume" else "running"))
     mark_started(stage, fp)
     t0 = time.perf_counter()
     run(state == "resume")
@@ -194,10 +193,10 @@ def task_distillation_rows(cfg, out: Path, sparsity: float, force: bool = False,
     its fine-tuning config and the stages it reads (``distill`` or ``prune``, and the task's teacher
     ``reference/teacher/<task>``), so a new teacher refuses the old rows instead of reusing them."""
     from edgekit.config import to_dict
-    from edgekit.export import export_model
     from edgekit.pipeline.config import task_config
+    from edgekit.pipeline.plan import Stage, export_stage
+    from edgekit.pipeline.runner import ENTRY_POINTS
     from edgekit.prune.config import PruneSection
-    from edgekit.tasks import load_task
 
     rows: dict[str, dict] = {}
     root = "task-distill"
@@ -217,28 +216,20 @@ def task_distillation_rows(cfg, out: Path, sparsity: float, force: bool = False,
             for k, v in {"teacher_run": str(out / teacher_stage), "logit_cache": str(cache), **extra}.items():
                 setattr(ft.finetune, k, v)
             name = f"{root}/{key}/{t}"
-            markers[key] = _stage(out, name, to_dict(ft), [source, teacher_stage], force, echo,
-                                  _finetune_and_eval(out / name, ft, cfg.eval, echo))
+            markers[key] = _stage(out, Stage(name, "finetune", out / name, to_dict(ft), [source, teacher_stage]),
+                                  force, echo, _finetune_and_eval(out / name, ft, cfg.eval, echo))
             runs[key] = read_json(out / name / "results.json")
         evals = {key: read_json(out / f"{root}/{key}/{t}" / "eval.json") for key in runs}
         shipped = max(("pruned_task", "task_pruned"), key=lambda k: runs[k]["dev_accuracy"])  # chosen on dev
         export_name = f"{root}/export/{t}"
-        x = cfg.export
+        # the pipeline's own export stage (edgekit run's), pointed at the shipped row
+        bundle = export_stage(cfg, out, entry, source=f"{root}/{shipped}/{t}", name=export_name)
 
-        def export(resume: bool, shipped=shipped, task=task, export_dir=out / export_name):
-            bundle_dir = export_dir / "bundle"
-            loaded = load_task(task.name, task.data_dir, task.text_field, task.text_pair_field, task.label_field)
-            export_model(out / f"{root}/{shipped}/{t}" / "model", bundle_dir, format=x.format,
-                         int8={"none": False}.get(x.int8, x.int8), max_length=task.max_length,
-                         sample_texts=loaded.dev.texts[:x.parity_examples], pack=x.pack, pack_codec=x.pack_codec,
-                         min_agreement=x.min_agreement, overwrite=True,
-                         sample_source=f"texts of the {task.name} dev split",
-                         embedding_bits=x.embedding_bits, embedding_scale=x.embedding_scale,
-                         accuracy_aware=False if x.accuracy_aware is None else x.accuracy_aware)
-            _eval(export_dir, bundle_dir, task, cfg.eval, None)
+        def export(resume: bool, bundle=bundle, task=task):
+            ENTRY_POINTS["export"](bundle, resume, "python benchmarks/clue.py")
+            _eval(bundle.directory, bundle.directory / "bundle", task, cfg.eval, None)
 
-        markers["bundle"] = _stage(out, export_name, {"shipped_from": shipped, "export": to_dict(x)},
-                                   [f"{root}/{shipped}/{t}"], force, echo, export)
+        markers["bundle"] = _stage(out, bundle, force, echo, export)
         evals["bundle"] = read_json(out / export_name / "eval.json")
         rows[t] = {"evals": evals, "shipped_from": shipped, "shipped_fingerprint": markers[shipped]["fingerprint"],
                    "results": {k: {kk: r.get(kk) for kk in ("dev_accuracy", "steps", "schedule", "task_distill",

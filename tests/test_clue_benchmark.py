@@ -9,6 +9,7 @@ from conftest import ROOT, load_benchmark
 from edgekit.errors import UserError
 from edgekit.io import read_json, write_json
 from edgekit.pipeline import load_pipeline_config
+from edgekit.pipeline.plan import Stage
 
 clue = load_benchmark("clue")
 RECIPE = ROOT / "recipes" / "clue_e5_task.yaml"
@@ -42,7 +43,8 @@ def test_rows_are_stages_refused_when_the_teacher_changes(tmp_path):
         calls.append(resume)
         write_json(out / "task-distill/dense_task/csl" / "eval.json", {"accuracy": 0.5 + len(calls)})
 
-    args = (out, "task-distill/dense_task/csl", {"lr": 1e-4}, ["distill", "reference/teacher/csl"])
+    name = "task-distill/dense_task/csl"
+    args = (out, Stage(name, "finetune", out / name, {"lr": 1e-4}, ["distill", "reference/teacher/csl"]))
     first = clue._stage(*args, force=False, echo=lambda m: None, run=body)
     assert calls == [False] and first["stage"] == "task-distill/dense_task/csl"
     again = clue._stage(*args, force=False, echo=lambda m: None, run=body)
@@ -56,7 +58,7 @@ def test_rows_are_stages_refused_when_the_teacher_changes(tmp_path):
     assert read_json(out / "task-distill/dense_task/csl" / "eval.json") == {"accuracy": 2.5}
     # a changed fine-tuning config is refused by name
     with pytest.raises(UserError, match=r"its recipe changed \(lr\)"):
-        clue._stage(out, "task-distill/dense_task/csl", {"lr": 2e-4}, ["distill", "reference/teacher/csl"],
+        clue._stage(out, Stage(name, "finetune", out / name, {"lr": 2e-4}, ["distill", "reference/teacher/csl"]),
                     force=False, echo=lambda m: None, run=body)
 
 
@@ -67,7 +69,8 @@ def test_an_interrupted_row_resumes(tmp_path):
     def killed(resume):
         raise KeyboardInterrupt
 
-    args = (out, "task-distill/pruned_task/tnews", {"lr": 1e-4}, ["prune"])
+    name = "task-distill/pruned_task/tnews"
+    args = (out, Stage(name, "finetune", out / name, {"lr": 1e-4}, ["prune"]))
     with pytest.raises(KeyboardInterrupt):
         clue._stage(*args, force=False, echo=lambda m: None, run=killed)
     seen = []
@@ -79,19 +82,34 @@ def test_an_interrupted_row_resumes(tmp_path):
 def test_export_accuracy_aware_in_a_recipe():
     """``export.accuracy_aware`` reaches the ONNX bundle's fingerprint, not the phone's TFLite one; a wrong
     value or format is refused while planning."""
-    from edgekit.pipeline.plan import _export_stage
+    from edgekit.pipeline.plan import export_stage
 
     cfg = load_pipeline_config(RECIPE)
     assert cfg.export.accuracy_aware == 0.99
     entry = cfg.pipeline.tasks[0]
-    onnx = _export_stage(cfg, ROOT / "runs" / "x", entry)
-    phone = _export_stage(cfg, ROOT / "runs" / "x", entry, phone=True)
+    onnx = export_stage(cfg, ROOT / "runs" / "x", entry)
+    phone = export_stage(cfg, ROOT / "runs" / "x", entry, phone=True)
     assert onnx.config["export"]["accuracy_aware"] == 0.99
     assert "accuracy_aware" not in phone.config["export"]
     plain = load_pipeline_config(RECIPE, {"export": {"accuracy_aware": None}})
-    assert "accuracy_aware" not in _export_stage(plain, ROOT / "runs" / "x", entry).config["export"]
+    assert "accuracy_aware" not in export_stage(plain, ROOT / "runs" / "x", entry).config["export"]
     with pytest.raises(UserError, match=r"export.accuracy_aware must be a share between 0 and 1 \(e.g. 0.99\), "
                                         r"got 1.5"):
         load_pipeline_config(RECIPE, {"export": {"accuracy_aware": 1.5}})
     with pytest.raises(UserError, match=r"export.accuracy_aware applies to dynamic int8 ONNX bundles"):
         load_pipeline_config(RECIPE, {"export": {"format": "tflite"}})
+
+
+def test_the_shipped_rows_export_is_the_pipelines_export_stage(tmp_path):
+    """Stage 2's bundle is ``edgekit run``'s export stage pointed at the shipped row: same config (and so
+    the same int8 settings, calibration and accuracy-aware share), input the shipped row's stage."""
+    from edgekit.pipeline.plan import export_stage
+
+    cfg = load_pipeline_config(RECIPE)
+    entry = cfg.pipeline.tasks[2]
+    plain = export_stage(cfg, tmp_path, entry)
+    shipped = export_stage(cfg, tmp_path, entry, source="task-distill/task_pruned/csl", name="task-distill/export/csl")
+    assert shipped.config == plain.config
+    assert shipped.inputs == ["task-distill/task_pruned/csl"] and plain.inputs == ["finetune/csl"]
+    assert shipped.directory == tmp_path / "task-distill/export/csl"
+    assert shipped.job["model_dir"] == tmp_path / "task-distill/task_pruned/csl/model"

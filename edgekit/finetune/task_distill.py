@@ -66,7 +66,7 @@ def exit_soft_label_losses(exit_logits: torch.Tensor, teacher_logits: torch.Tens
 # Wiring: the training set with the teacher's logits, and the module whose loss reads them
 
 
-def unlabeled_texts(ft, task=None, pair_task: bool = False) -> list[str]:
+def unlabeled_texts(ft, task, pair_task: bool = False) -> list[str]:
     """The ``ft.unlabeled`` files' texts: one field per line (``ft.unlabeled_text_field``), or with
     ``unlabeled_text_field: task`` every line read as the task reads its examples (``task``: the
     TaskConfig). A pair task refuses one field per line: the student would learn from texts unlike
@@ -80,14 +80,14 @@ def unlabeled_texts(ft, task=None, pair_task: bool = False) -> list[str]:
 
         return read_unlabeled(task.name, ft.unlabeled, task.text_field, task.text_pair_field, ft.max_unlabeled)
     if pair_task:
-        raise UserError(f"task '{task.name if task else '?'}' joins two fields per example, but finetune.unlabeled is "
+        raise UserError(f"task '{task.name}' joins two fields per example, but finetune.unlabeled is "
                         f"read one field per line ('{ft.unlabeled_text_field}'); set finetune.unlabeled_text_field: "
                         "task to read those files as the task reads its examples.")
     return read_corpus(ft.unlabeled, ft.unlabeled_text_field, ft.max_unlabeled)
 
 
 def attach_teacher(ft, task_labels: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
-                   task=None, pair_task: bool = False):
+                   task, pair_task: bool = False):
     """The student's training set for task distillation: the labelled ``texts`` plus the unlabelled
     ``ft.unlabeled`` examples (label ``IGNORE``; ``unlabeled_texts``), each example with its teacher
     logits (``teacher_logits`` attribute, (N, C), from the cache when the teacher already saw these texts)."""

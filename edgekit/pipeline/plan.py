@@ -110,9 +110,9 @@ def plan(cfg: PipelineConfig, out: Path) -> list[Stage]:
         elif "teacher" in refs:
             stages.append(finetune_stage(f"reference/teacher/{t}", teacher_spec, "teacher", [], entry,
                                          "fine-tune the teacher (upper reference)"))
-        stages.append(_export_stage(cfg, out, entry))
+        stages.append(export_stage(cfg, out, entry))
         if phone_stage_name(cfg, t) == f"phone/{t}":
-            stages.append(_export_stage(cfg, out, entry, phone=True))
+            stages.append(export_stage(cfg, out, entry, phone=True))
         for row, source in rows(cfg, entry):
             stages.append(_eval_stage(cfg, out, entry, row, source, split))
     return stages
@@ -154,15 +154,19 @@ def _adopt_stage(out: Path, entry: TaskEntry, teacher_spec: str) -> Stage:
                  [], f"adopt the finished teacher run {found['run']}", found)
 
 
-def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool = False) -> Stage:
+def export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool = False,
+                 source: str | None = None, name: str | None = None) -> Stage:
+    """The stage that exports the model of stage ``source`` (default ``finetune/<task>``) into ``OUT/name``
+    (default ``export/<task>``, or ``phone/<task>`` for the phone app's TFLite bundle)."""
     e = cfg.export
     if phone:  # the app's format, always packed with the codec the app decodes
         e = dataclasses.replace(e, format="tflite", pack=True, pack_codec="zlib")
-    model_dir = out / f"finetune/{entry.name}" / "model"
+    source = source or f"finetune/{entry.name}"
+    model_dir = out / source / "model"
     ft = task_config(cfg, entry, str(model_dir))
     max_length = e.max_length or ft.task.max_length
     int8 = {"none": False, "dynamic": "dynamic", "static": "static"}[e.int8]
-    name = f"{'phone' if phone else 'export'}/{entry.name}"
+    name = name or f"{'phone' if phone else 'export'}/{entry.name}"
     return Stage(name, "export", out / name,
                  # without `phone`: choosing whether a phone bundle is made does not redo this one
                  # nor do defaults that export always had: bundles exported before the key existed stay
@@ -173,7 +177,7 @@ def _export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool 
                              and not (k == "embedding_scale" and v == "table"
                                       and (e.format == "onnx" or e.int8 == "none"))},
                   "max_length": max_length},
-                 [f"finetune/{entry.name}"],
+                 [source],
                  f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle"
                  + (" for the phone app" if phone_stage_name(cfg, entry.name) == name else ""),
                  {"task": ft.task, "model_dir": model_dir, "export": e, "int8": int8, "max_length": max_length})
