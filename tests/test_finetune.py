@@ -29,7 +29,7 @@ def tiny_albert(tmp_path_factory):
     return make_tiny_albert(tmp_path_factory.mktemp("albert") / "student", num_layers=3)
 
 
-def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separable, tmp_path):
+def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separable, tmp_path, capsys):
     from edgekit.finetune import finetune, load_finetune_config
 
     cfg = load_finetune_config(None, {
@@ -47,8 +47,11 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
 
     from edgekit.eval import evaluate
 
+    capsys.readouterr()
     ev = evaluate(model_dir, "jsonl", separable, text_field="review", label_field="y")
     assert ev["examples"] == 40 and len(ev["accuracy_per_exit"]) == 3
+    err = capsys.readouterr().err  # progress, counted in examples (edgekit/progress.py)
+    assert "eval checkpoint: 100%" in err and "40/40" in err
     assert ev["accuracy_per_exit"] == pytest.approx(result["dev_accuracy_per_exit"], abs=1e-6)
 
     from edgekit.export import export_model
@@ -56,6 +59,7 @@ def test_finetune_rises_above_chance_and_predicts_per_exit(tiny_albert, separabl
     for int8, tolerance in ((False, 1 / 40), ("dynamic", 2 / 40)):  # fp32: at most one tie flips; int8: two
         bundle = export_model(model_dir, tmp_path / f"bundle-{int8}", int8=int8, max_length=32)
         eb = evaluate(bundle, "jsonl", separable, text_field="review", label_field="y")
+        assert "eval bundle: 100%" in capsys.readouterr().err
         assert eb["kind"].startswith("bundle (onnx") and eb["exit_layers"] == [1, 2, 3] and eb["examples"] == 40
         for a, b in zip(eb["accuracy_per_exit"], ev["accuracy_per_exit"]):
             assert abs(a - b) <= tolerance + 1e-9, (int8, eb["accuracy_per_exit"], ev["accuracy_per_exit"])

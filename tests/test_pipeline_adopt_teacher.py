@@ -46,7 +46,7 @@ def snapshot(run) -> dict:
     return {str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))}
 
 
-def test_the_teacher_row_adopts_a_finished_run(tiny_teacher, tiny_corpus, separable, teacher_run, tmp_path):
+def test_the_teacher_row_adopts_a_finished_run(tiny_teacher, tiny_corpus, separable, teacher_run, tmp_path, capsys):
     from edgekit.finetune.logit_cache import teacher_logits
     from edgekit.pipeline import load_pipeline_config, run_pipeline
 
@@ -71,8 +71,11 @@ def test_the_teacher_row_adopts_a_finished_run(tiny_teacher, tiny_corpus, separa
     assert snapshot(run) == before
 
     # task distillation (clue.py: finetune.teacher_run = OUT/reference/teacher/<task>) reads it too
+    capsys.readouterr()
     logits, info = teacher_logits(d, ["好极了今天", "糟透了"], ["neg", "pos"], 24, tmp_path / "cache")
     assert logits.shape == (2, 2) and info["teacher"] == str(d / "model")
+    err = capsys.readouterr().err  # the teacher pass shows progress (edgekit/progress.py)
+    assert "teacher logits: 100%" in err and "2/2" in err
 
     # the run is trained again: its results change, so the row is refused until --force redoes it
     (run / "results.json").write_text(json.dumps({**adopted, "dev_accuracy": 0.5}), encoding="utf-8")

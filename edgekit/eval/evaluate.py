@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import UserError
+from edgekit.progress import batch_starts
 from edgekit.tasks import load_split
 
 
@@ -35,7 +36,7 @@ def _eval_bundle(path, texts, batch_size, threads):
     predictor = Predictor(path, threads=threads)
     per_exit_pred = []
     start = time.perf_counter()
-    for s in range(0, len(texts), batch_size):
+    for s in batch_starts(len(texts), batch_size, "eval bundle"):
         ids, mask = predictor.encode(texts[s:s + batch_size])
         per_exit_pred.append(predictor.exit_logits(ids, mask).argmax(-1))  # (K, B)
     seconds = time.perf_counter() - start
@@ -70,7 +71,7 @@ def _eval_checkpoint(path, texts, batch_size, max_length):
     preds = []
     start = time.perf_counter()
     with torch.no_grad():
-        for s in range(0, len(data), batch_size):
+        for s in batch_starts(len(data), batch_size, "eval checkpoint"):
             preds.append(module.exit_logits(data.collate(range(s, min(s + batch_size, len(data))))).argmax(-1).numpy())
     seconds = time.perf_counter() - start
     id2label = config.id2label
@@ -99,7 +100,7 @@ def _eval_segments(path, examples: list[list[str]], batch_size: int, threads):
     model = load_segment_model(path, threads=threads) if is_bundle(path) else load_segment_model(path)
     preds, cache = [], {}
     start = time.perf_counter()
-    for s in range(0, len(examples), batch_size):
+    for s in batch_starts(len(examples), batch_size, "eval segments"):
         batch = [fit_segments(ex, model.max_segments) for ex in examples[s:s + batch_size]]  # as in training
         new = sorted({seg for ex in batch for seg in ex if seg not in cache})
         cache.update(zip(new, model.encode_segments(new)))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from edgekit.errors import UserError
+from edgekit.progress import batch_starts
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "config.json")
 
@@ -87,7 +88,7 @@ def compute_teacher_logits(model, data, batch_size: int = 64) -> torch.Tensor:
     batched by length so little time goes to padding."""
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     out = None
-    for start in range(0, len(order), batch_size):
+    for start in batch_starts(len(order), batch_size, "teacher logits"):
         idx = order[start:start + batch_size]
         batch = data.collate(idx)
         kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
