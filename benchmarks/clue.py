@@ -237,7 +237,8 @@ def task_distillation_rows(cfg, out: Path, sparsity: float, force: bool = False,
     return rows
 
 
-def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, limit: int | None) -> dict:
+def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, limit: int | None,
+                      command: str = "python benchmarks/clue.py") -> dict:
     """Stage 3: accuracy per exit and dynamic exits of the shipped pruned checkpoint, per task; a table
     is reused only while it was made from the same shipped checkpoint (its stage fingerprint)."""
     import early_exit
@@ -256,7 +257,7 @@ def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, 
         task = task_config(cfg, entry, "-").task
         model = out / "task-distill" / rows[t]["shipped_from"] / t / "model"
         args = argparse.Namespace(model=str(model), task=t, data_dir=task.data_dir, max_length=task.max_length,
-                                  limit=limit, name=stem, out_dir=str(results_dir))
+                                  limit=limit, name=stem, out_dir=str(results_dir), command=command)
         tables[t] = {**early_exit.accuracy(args), "source_fingerprint": source}
         write_json(done, tables[t])
     return tables
@@ -301,7 +302,7 @@ def main() -> dict:
     report = run_pipeline(cfg, out, force=args.force, command=command)
     sparsity = float(cfg.prune.get("prune", {}).get("sparsity", 0.8))
     extra = task_distillation_rows(cfg, out, sparsity, force=args.force)
-    exits = early_exit_tables(cfg, out, extra, results_dir, exit_name, 64 if args.smoke else None)
+    exits = early_exit_tables(cfg, out, extra, results_dir, exit_name, 64 if args.smoke else None, command)
 
     tasks = [e.name for e in cfg.pipeline.tasks]
     acc = {key: {} for key, _ in ROWS}
