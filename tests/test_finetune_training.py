@@ -1,6 +1,7 @@
 """Issue 12's fine-tuning features: epoch defaults, length-bucketed batches, task distillation with
 cached teacher logits, the learning-rate sweep and task-level pruning (tiny models, seconds each)."""
 
+import json
 import math
 import random
 
@@ -169,6 +170,40 @@ def test_task_distillation_caches_teacher_logits(tiny_albert, separable, unlabel
 
     logits = load_file(str(next((tmp_path / "cache").glob("*.safetensors"))))["logits"]
     assert logits.shape == (203, 2) and logits.dtype == torch.float32
+
+
+def test_task_distillation_of_a_late_interaction_student(tiny_albert, separable, unlabeled, teacher_run, tmp_path,
+                                                         monkeypatch):
+    """The teacher reads each example's whole text (cached as for a plain student: the same file), the
+    late-interaction student its segments, and with alpha 1 learns the soft labels alone: from a teacher
+    at ≥ 95% dev it learns the task; from the 12-step fixture teacher, which predicts one class, it
+    learns that class."""
+    import edgekit.finetune.logit_cache as lc
+    from edgekit.finetune import finetune
+
+    calls = []
+    real = lc.compute_teacher_logits
+    monkeypatch.setattr(lc, "compute_teacher_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = tmp_path / "cache"
+    strong = tmp_path / "teacher"
+    assert finetune(_cfg(tiny_albert, separable, train={"max_steps": 60}), strong)["dev_accuracy"] >= 0.95
+    plain = finetune(_cfg(tiny_albert, separable, finetune={"teacher_run": str(strong), "logit_cache": str(cache)}),
+                     tmp_path / "plain")
+    late_cfg = {"late_interaction": {"late_layers": 1}, "train": {"max_steps": 60}}
+    late = finetune(_cfg(tiny_albert, separable, **late_cfg, finetune={
+        "teacher_run": str(strong), "logit_cache": str(cache), "alpha": 1.0}), tmp_path / "late")
+    assert calls == [1] and plain["task_distill"]["cached"] is False
+    assert late["task_distill"]["cached"] is True and late["task_distill"]["file"] == plain["task_distill"]["file"]
+    assert late["task_distill"]["labelled_examples"] == 200 and late["task_distill"]["teacher_train_accuracy"] >= 0.95
+    assert late["late_interaction"] and late["dev_accuracy"] >= 0.9, late["history"]
+
+    weak = finetune(_cfg(tiny_albert, separable, **late_cfg, finetune={
+        "teacher_run": str(teacher_run), "logit_cache": str(cache), "alpha": 1.0}), tmp_path / "weak")
+    assert weak["task_distill"]["teacher_train_accuracy"] == 0.5 and weak["dev_accuracy"] == 0.5, weak["history"]
+
+    with pytest.raises(UserError, match=r"finetune.unlabeled does not combine with late_interaction yet"):
+        finetune(_cfg(tiny_albert, separable, **late_cfg, finetune={
+            "teacher_run": str(strong), "unlabeled": [str(unlabeled)]}), tmp_path / "late2")
 
 
 def test_task_distillation_refuses_a_teacher_of_other_labels(tiny_albert, separable, teacher_run, tmp_path):

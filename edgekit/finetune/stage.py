@@ -205,13 +205,17 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
     train_data, dev_data = subset(task.train, t.max_train_examples), subset(task.dev, t.max_eval_examples)
     distilled = None
     if cfg.finetune.teacher_run:  # task-level distillation: the teacher's soft labels (finetune/task_distill.py)
-        from edgekit.finetune.task_distill import attach_teacher, soft_label_module
+        from edgekit.finetune.task_distill import attach_teacher, attach_teacher_to_segments, soft_label_module
 
-        if late.late_layers is not None:
-            raise UserError("finetune.teacher_run does not combine with late_interaction yet; drop one of them.")
         n = len(train_data)
-        train_data, distilled = attach_teacher(cfg.finetune, task.labels, task.train.texts[:n], task.train.labels[:n],
-                                               tokenizer, t.max_length, t, pair_task=task.train.pairs is not None)
+        if late.late_layers is not None:  # the teacher reads each example as the task's whole text, as it was trained
+            whole = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field).train
+            distilled = attach_teacher_to_segments(cfg.finetune, task.labels, whole.texts[:n], task.train.labels[:n],
+                                                   train_data, t.max_length)
+        else:
+            train_data, distilled = attach_teacher(cfg.finetune, task.labels, task.train.texts[:n],
+                                                   task.train.labels[:n], tokenizer, t.max_length, t,
+                                                   pair_task=task.train.pairs is not None)
         module = soft_label_module(clf, early, cfg.finetune.alpha, cfg.finetune.temperature)
     from edgekit.finetune.batching import make_batches
     from edgekit.finetune.schedule import describe_schedule, resolve_schedule

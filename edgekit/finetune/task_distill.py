@@ -86,24 +86,44 @@ def unlabeled_texts(ft, task, pair_task: bool = False) -> list[str]:
     return read_corpus(ft.unlabeled, ft.unlabeled_text_field, ft.max_unlabeled)
 
 
+def _soft_labels(ft, task_labels: list[str], texts: list[str], labels: list[int], extra: list[str], max_length: int):
+    """Teacher logits (N, C) of the labelled ``texts`` then the unlabelled ``extra``, and what to record."""
+    from edgekit.finetune.logit_cache import teacher_logits
+
+    check_distill_settings(ft.alpha, ft.temperature)
+    logits, info = teacher_logits(ft.teacher_run, list(texts) + list(extra), task_labels, max_length, ft.logit_cache)
+    teacher_acc = float((logits[: len(labels)].argmax(-1) == torch.tensor(labels)).float().mean())
+    return logits, {**info, "labelled_examples": len(texts), "unlabeled_examples": len(extra), "alpha": ft.alpha,
+                    "temperature": ft.temperature, "teacher_train_accuracy": round(teacher_acc, 6)}
+
+
 def attach_teacher(ft, task_labels: list[str], texts: list[str], labels: list[int], tokenizer, max_length: int,
                    task, pair_task: bool = False):
     """The student's training set for task distillation: the labelled ``texts`` plus the unlabelled
     ``ft.unlabeled`` examples (label ``IGNORE``; ``unlabeled_texts``), each example with its teacher
     logits (``teacher_logits`` attribute, (N, C), from the cache when the teacher already saw these texts)."""
     from edgekit.data import TokenizedCorpus
-    from edgekit.finetune.logit_cache import teacher_logits
 
     check_distill_settings(ft.alpha, ft.temperature)
     extra = unlabeled_texts(ft, task, pair_task)
-    all_texts = list(texts) + extra
-    data = TokenizedCorpus(tokenizer, all_texts, max_length, labels=list(labels) + [IGNORE] * len(extra))
-    logits, info = teacher_logits(ft.teacher_run, all_texts, task_labels, max_length, ft.logit_cache)
-    data.teacher_logits = logits
-    teacher_acc = float((logits[: len(labels)].argmax(-1) == torch.tensor(labels)).float().mean())
-    info = {**info, "labelled_examples": len(texts), "unlabeled_examples": len(extra), "alpha": ft.alpha,
-            "temperature": ft.temperature, "teacher_train_accuracy": round(teacher_acc, 6)}
+    data = TokenizedCorpus(tokenizer, list(texts) + extra, max_length, labels=list(labels) + [IGNORE] * len(extra))
+    data.teacher_logits, info = _soft_labels(ft, task_labels, texts, labels, extra, max_length)
     return data, info
+
+
+def attach_teacher_to_segments(ft, task_labels: list[str], texts: list[str], labels: list[int], data,
+                               max_length: int) -> dict:
+    """Task distillation for a late-interaction student: ``data`` (a ``SegmentCorpus`` of the labelled
+    examples) gets the teacher's logits of the same examples read as ``texts``, the task's whole text,
+    which is what the teacher was fine-tuned on. Soft labels are per example, so segment batches use
+    them unchanged."""
+    if ft.unlabeled:
+        raise UserError("finetune.unlabeled does not combine with late_interaction yet (unlabelled lines are not "
+                        "split into segments); drop finetune.unlabeled or late interaction.")
+    if len(texts) != len(data):
+        raise ValueError(f"{len(texts)} teacher texts for {len(data)} segment examples")
+    data.teacher_logits, info = _soft_labels(ft, task_labels, texts, labels, [], max_length)
+    return info
 
 
 def soft_label_module(classifier, early_exit: bool, alpha: float, temperature: float):
@@ -116,6 +136,10 @@ def soft_label_module(classifier, early_exit: bool, alpha: float, temperature: f
         def forward(self, batch):
             if "teacher_logits" not in batch:
                 return super().forward(batch)
+            if self.is_late_interaction:  # segments packed in one sequence: one set of logits (B, C)
+                loss = soft_label_loss(self.model.forward_one_pass(batch), batch["teacher_logits"], batch["labels"],
+                                       alpha, temperature)
+                return loss, {"loss": loss.detach()}
             kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
             logits = self.model(**kw).logits
             if self.is_early_exit:  # (K, B, C)
