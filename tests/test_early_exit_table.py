@@ -33,6 +33,7 @@ def test_per_exit_accuracy_matches_evaluate_and_the_table_records_its_command(ti
     assert [d["entropy_threshold"] for d in table["dynamic"] if d["mode"] == "entropy"] == pytest.approx(
         [0.0549, 0.1099, 0.2197, 0.3296, 0.4394, 0.5493], abs=1e-4)
     md = (tmp_path / "out" / "table.md").read_text()
-    assert md.startswith("Command: `python benchmarks/clue.py --smoke`") and "one timed pass per row" in md and "(0.50 ln C)" in md
+    assert md.startswith("Command: `python benchmarks/clue.py --smoke`") and "one timed pass per row" in md and "median of 3" in md and "(0.50 ln C)" in md
     assert (tmp_path / "out" / "table.png").stat().st_size > 1000
+    assert len(table["full_depth_seconds"]) == 3 and all(x > 0 for x in table["full_depth_seconds"])
     assert json.loads((tmp_path / "out" / "table.json").read_text())["command"] == "python benchmarks/clue.py --smoke"
