@@ -210,6 +210,8 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
         n = len(train_data)
         if late.late_layers is not None:  # the teacher reads each example as the task's whole text, as it was trained
             whole = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field).train
+            if whole.labels[:n] != task.train.labels[:n]:  # the same file read twice: the same examples in order
+                raise ValueError("the segmented and whole-text reads of the train split disagree")
             distilled = attach_teacher_to_segments(cfg.finetune, task.labels, whole.texts[:n], task.train.labels[:n],
                                                    train_data, t.max_length)
         else:
