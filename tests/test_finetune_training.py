@@ -1,7 +1,6 @@
 """Issue 12's fine-tuning features: epoch defaults, length-bucketed batches, task distillation with
 cached teacher logits, the learning-rate sweep and task-level pruning (tiny models, seconds each)."""
 
-import json
 import math
 import random
 
