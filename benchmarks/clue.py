@@ -246,6 +246,8 @@ def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, 
     tables = {}
     for entry in cfg.pipeline.tasks:
         t = entry.name
+        if entry.late_layers is not None:  # a late-interaction student has one exit, above the segment layers
+            continue
         stem = f"{name}_early_exit_{t}"
         source = rows[t]["shipped_fingerprint"]
         done = results_dir / f"{stem}.json"
@@ -358,6 +360,9 @@ def main() -> dict:
     lines += ["", "## Early exit (shipped pruned checkpoint)", "",
               "| task | accuracy per exit (%) | best dynamic exit within 1 point | speed-up |", "|---|---|---|---:|"]
     for t in tasks:
+        if t not in exits:
+            lines.append(f"| {t} | late-interaction students: one exit | | |")
+            continue
         e = exits[t]
         per = ", ".join(f"{100 * r['accuracy']:.1f}" for r in e["per_exit"])
         b = e.get("best")
@@ -372,7 +377,8 @@ def main() -> dict:
     result = {"command": command, "date": str(datetime.date.today()), "recipe": args.recipe, "smoke": args.smoke,
               "accuracy": acc, "checks": checks, "published": PUBLISHED, "data_note": DATA_NOTE,
               "task_distillation": {t: {k: v for k, v in extra[t].items() if k != "evals"} for t in tasks},
-              "early_exit": {t: {"per_exit": exits[t]["per_exit"], "best": exits[t].get("best")} for t in tasks},
+              "early_exit": {t: {"per_exit": exits[t]["per_exit"], "best": exits[t].get("best")} for t in tasks
+                             if t in exits},
               "pipeline_ratios": report["ratios"], "versions": versions(),
               "wall_seconds_this_invocation": round(time.perf_counter() - start, 1)}
     write_json(results_dir / f"{name}.json", result)

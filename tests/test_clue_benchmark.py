@@ -113,3 +113,21 @@ def test_the_shipped_rows_export_is_the_pipelines_export_stage(tmp_path):
     assert shipped.inputs == ["task-distill/task_pruned/csl"] and plain.inputs == ["finetune/csl"]
     assert shipped.directory == tmp_path / "task-distill/export/csl"
     assert shipped.job["model_dir"] == tmp_path / "task-distill/task_pruned/csl/model"
+
+
+def test_late_interaction_tasks_have_no_early_exit_table_and_no_phone_bundle(tmp_path):
+    """A task with ``late_layers`` (its students have one exit, above the segment layers) gets no early-exit
+    table, and the other tasks still do (the table is read from the results dir when its source is unchanged)."""
+    from edgekit.pipeline.config import TaskEntry, task_config
+    from edgekit.pipeline.plan import phone_stage_name
+
+    cfg = load_pipeline_config(RECIPE, {"pipeline": {"tasks": [{"name": "tnews"}, {"name": "csl", "late_layers": 3}]}})
+    write_json(tmp_path / "e_early_exit_tnews.json", {"source_fingerprint": "fp-tnews", "per_exit": [], "best": None})
+    rows = {"tnews": {"shipped_fingerprint": "fp-tnews"}, "csl": {"shipped_fingerprint": "fp-csl"}}
+    tables = clue.early_exit_tables(cfg, tmp_path / "run", rows, tmp_path, "e", None)
+    assert list(tables) == ["tnews"] and tables["tnews"]["source_fingerprint"] == "fp-tnews"
+    assert phone_stage_name(cfg, "csl") is None and phone_stage_name(cfg, "tnews") == "phone/tnews"
+    csl = cfg.pipeline.tasks[1]
+    assert isinstance(csl, TaskEntry) and csl.late_layers == 3
+    assert task_config(cfg, csl, "m").late_interaction.late_layers == 3               # the student rows
+    assert task_config(cfg, csl, "m", reference="teacher").late_interaction.late_layers is None  # not the teacher

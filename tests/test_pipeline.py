@@ -212,3 +212,28 @@ def test_edgekit_run_command_prints_the_table_and_the_bundle(tiny_teacher, tiny_
     assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 7
     third = run_cli("run", path)  # the recipe's 20 steps differ from the 8 the finished stage ran
     assert_clean_error(third, r"stage 'finetune/jsonl' .* cannot be reused: its recipe changed \(train.max_steps\)")
+
+
+def test_a_task_whose_students_are_late_interaction_models(tiny_teacher, tiny_corpus, reviews, tmp_path):
+    """``pipeline.tasks[].late_layers``: the student rows fine-tune and export as late-interaction models
+    (two graphs, no .edgepack, no phone bundle); the teacher row stays a whole-text model."""
+    from edgekit.pipeline import load_pipeline_config, run_pipeline
+    from edgekit_device import load_bundle
+
+    recipe = tiny_recipe(tiny_teacher, tiny_corpus, reviews, references=("teacher", "dense"))
+    recipe["pipeline"]["tasks"][0]["late_layers"] = 1
+    recipe["export"]["phone"] = "tflite"  # asked for, but the app runs whole texts: no phone stage for this task
+    recipe["export"]["pack_codec"] = "zlib"
+    out = tmp_path / "run"
+    report = run_pipeline(load_pipeline_config(None, recipe), out, echo=lambda s: None)
+    stages = {s["stage"] for s in report["stages"]}
+    assert "phone/jsonl" not in stages and {"export/jsonl", "eval/bundle/jsonl"} <= stages
+    for row in ("finetune/jsonl", "reference/dense/jsonl"):
+        assert json.loads((out / row / "results.json").read_text())["late_interaction"], row
+    assert not json.loads((out / "reference/teacher/jsonl/results.json").read_text())["late_interaction"]
+    bundle = load_bundle(out / "export" / "jsonl" / "bundle")
+    assert bundle.manifest["layout"] == "late-interaction" and bundle.manifest["precision"] == "int8"
+    assert not (out / "export" / "jsonl" / "bundle.edgepack").exists()
+    assert report["bundles"]["jsonl"]["packed_bytes"] is None
+    # the bundle is evaluated as the checkpoint is, on segments: within int8 tolerance (40 dev examples)
+    assert abs(report["accuracy"]["bundle"]["jsonl"] - report["accuracy"]["pruned"]["jsonl"]) <= 2 / 40 + 1e-9

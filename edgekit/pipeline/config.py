@@ -37,6 +37,10 @@ class TaskEntry:
     # a finished `edgekit finetune` run of pipeline.teacher on this task: the teacher row adopts it
     # (a symlink, no copy) instead of fine-tuning the teacher again (pipeline/adopt.py)
     teacher_run: str | None = None
+    # the student rows of this task as late-interaction models (M6-Rec 3.3): the first layers encode each
+    # segment alone (edgekit/tasks.py segmenters: CSL = each keyword + the abstract), the last
+    # ``late_layers`` run over all of them. The teacher row stays a whole-text model.
+    late_layers: int | None = None
 
 
 @dataclass
@@ -166,7 +170,7 @@ def task_config(cfg: PipelineConfig, entry: TaskEntry, model: str, reference: st
     if reference == "teacher":
         base = merge(base, cfg.teacher_finetune)
     task = {k: v for k, v in to_dict(entry).items()
-            if k not in ("max_steps", "teacher_max_steps", "eval_every", "teacher_run") and v is not None}
+            if k not in ("max_steps", "teacher_max_steps", "eval_every", "teacher_run", "late_layers") and v is not None}
     if "data_dir" not in task and cfg.pipeline.data_dir:
         task["data_dir"] = str(Path(cfg.pipeline.data_dir) / entry.name)
     over = {"model": model, "task": task}
@@ -175,4 +179,6 @@ def task_config(cfg: PipelineConfig, entry: TaskEntry, model: str, reference: st
         over["train"] = {"max_steps": steps}
     if entry.eval_every is not None:
         over["finetune"] = {"eval_every": entry.eval_every}
+    if entry.late_layers is not None and reference != "teacher":
+        over["late_interaction"] = {"late_layers": entry.late_layers}
     return load_config(FinetuneConfig, None, merge(base, over))

@@ -135,8 +135,9 @@ def rows(cfg: PipelineConfig, entry: TaskEntry) -> list[tuple[str, str]]:
 
 def phone_stage_name(cfg: PipelineConfig, task: str) -> str | None:
     """The stage whose bundle the phone app runs: ``export/<task>`` when that bundle is TFLite,
-    else ``phone/<task>`` (a TFLite export of the same model); None for ``export.phone: none``."""
-    if cfg.export.phone == "none":
+    else ``phone/<task>`` (a TFLite export of the same model); None for ``export.phone: none`` and for a
+    task whose students are late-interaction models (the app runs whole texts)."""
+    if cfg.export.phone == "none" or any(e.name == task and e.late_layers is not None for e in cfg.pipeline.tasks):
         return None
     return f"export/{task}" if cfg.export.format == "tflite" else f"phone/{task}"
 
@@ -161,10 +162,13 @@ def export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool =
     e = cfg.export
     if phone:  # the app's format, always packed with the codec the app decodes
         e = dataclasses.replace(e, format="tflite", pack=True, pack_codec="zlib")
+    if entry.late_layers is not None:  # two graphs (segment encoder, interaction) at the segments' own length;
+        # no .edgepack, embedding snapping or accuracy-aware tuning for them yet (edgekit export refuses those)
+        e = dataclasses.replace(e, pack=False, embedding_bits=8, accuracy_aware=None, max_length=None)
     source = source or f"finetune/{entry.name}"
     model_dir = out / source / "model"
     ft = task_config(cfg, entry, str(model_dir))
-    max_length = e.max_length or ft.task.max_length
+    max_length = None if entry.late_layers is not None else e.max_length or ft.task.max_length
     int8 = {"none": False, "dynamic": "dynamic", "static": "static"}[e.int8]
     name = name or f"{'phone' if phone else 'export'}/{entry.name}"
     return Stage(name, "export", out / name,
