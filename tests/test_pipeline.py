@@ -168,6 +168,10 @@ def test_read_corpus_takes_the_first_field_a_line_has(tmp_path):
     ("pipeline:\n  teacher: null\n", ["--out", "OUT"], r"no teacher given; pass --teacher DIR"),
     ("pipeline:\n  tasks: [tnews]\n", [], r"no run directory given; pass --out RUN"),
     ("pipeline:\n  tasks: [tnews, tnews]\n", [], r"names a task twice"),
+    ("pipeline:\n  tasks: [{name: csl, late_layers: 6}]\ndistill:\n  student: {num_layers: 6}\n", ["--out", "OUT"],
+     r"pipeline.tasks: csl's late_layers must be an integer from 1 to 5 \(the student has 6 layers"),
+    ("pipeline:\n  tasks: [{name: csl, late_layers: 0}]\n", ["--out", "OUT"],
+     r"csl's late_layers must be an integer from 1 to 23"),
 ])
 def test_run_bad_recipes(tmp_path, body, args, message):
     recipe = tmp_path / "r.yaml"

@@ -121,6 +121,16 @@ def load_pipeline_config(recipe=None, overrides: dict | None = None) -> Pipeline
     names = [t.name for t in cfg.pipeline.tasks]
     if len(set(names)) != len(names):
         raise UserError(f"pipeline.tasks names a task twice ({', '.join(names)}); list each task once.")
+    for t in cfg.pipeline.tasks:  # checked now, not when the task's first fine-tuning builds the model
+        if t.late_layers is None:
+            continue
+        from edgekit.student import StudentConfig
+
+        depth = (cfg.distill.get("student") or {}).get("num_layers") or StudentConfig().num_layers
+        if isinstance(t.late_layers, bool) or not isinstance(t.late_layers, int) or not 1 <= t.late_layers < depth:
+            raise UserError(f"pipeline.tasks: {t.name}'s late_layers must be an integer from 1 to {depth - 1} (the "
+                            f"student has {depth} layers and at least one must encode segments alone), "
+                            f"got {t.late_layers!r}.")
     adopting = [t.name for t in cfg.pipeline.tasks if t.teacher_run]
     if adopting and "teacher" not in cfg.pipeline.references:
         raise UserError(f"pipeline task {adopting[0]} has a teacher_run but pipeline.references has no teacher row "
