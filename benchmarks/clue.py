@@ -392,3 +392,10 @@ if __name__ == "__main__":
         main()
     except UserError as e:  # one sentence, no traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt as e:  # Ctrl+C, or SIGTERM during training: the last checkpoint was written
+        from edgekit.train import interruption
+
+        what, status = interruption(e)
+        print(f"{what}; finished stages and the last checkpoint are kept: run the same command again to continue.",
+              file=sys.stderr)
+        sys.exit(status)

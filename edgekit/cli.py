@@ -140,10 +140,13 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
     cfg = load_pipeline_config(recipe, overrides)
     try:
         report = run_pipeline(cfg, out, force=force, command="edgekit " + " ".join(sys.argv[1:]), echo=click.echo)
-    except KeyboardInterrupt:
-        click.echo("interrupted; finished stages and the last checkpoint are kept: run the same command again to "
+    except KeyboardInterrupt as e:
+        from edgekit.train import interruption
+
+        what, status = interruption(e)
+        click.echo(f"{what}; finished stages and the last checkpoint are kept: run the same command again to "
                    "continue.", err=True)
-        sys.exit(130)
+        sys.exit(status)
     click.echo("")
     click.echo("accuracy on: " + ", ".join(f"{t} {s}" for t, s in report.get("splits", {}).items()))
     click.echo(report["table"])
@@ -430,14 +433,25 @@ def export(model_dir, fmt, out, int8, exit_layer, max_length, calibration, task_
     if samples:
         sample_texts = read_corpus(list(samples), text_field or "text", SAMPLES)
         sample_source = f"texts of {', '.join(samples)}"
-    elif task_name:
+    sample_requests = None
+    if task_name:
+        from pathlib import Path
+
+        from edgekit.checkpoint import resolve_model_dir
+        from edgekit.eval.evaluate import late_interaction_of
         from edgekit.tasks import load_task
 
-        task = load_task(task_name, data_dir, text_field, text_pair_field, label_field)
-        sample_texts = task.dev.texts[:SAMPLES]
-        sample_source = f"texts of the {task.name} dev split" + (f" in {data_dir}" if data_dir else "")
+        late = Path(model_dir).exists() and late_interaction_of(resolve_model_dir(Path(model_dir)))
+        task = load_task(task_name, data_dir, text_field, text_pair_field, label_field, segmented=late)
+        where = f" in {data_dir}" if data_dir else ""
+        if late:  # the parity requests are the dev examples, each as its segments
+            sample_requests = task.dev.segments[:SAMPLES]
+            sample_source = f"examples of the {task.name} dev split{where}"
+        else:
+            sample_texts = task.dev.texts[:SAMPLES]
+            sample_source = f"texts of the {task.name} dev split{where}"
     path = export_model(model_dir, out, format=fmt, int8=False if int8 == "none" else int8, exit_layer=exit_layer, max_length=max_length,
-                        sample_texts=sample_texts, calibration_texts=calibration_texts, pack=pack,
+                        sample_texts=sample_texts, sample_requests=sample_requests, calibration_texts=calibration_texts, pack=pack,
                         pack_codec=pack_codec, min_agreement=min_agreement, sample_source=sample_source,
                         overwrite=overwrite, accuracy_aware=False if accuracy_aware is None else accuracy_aware,
                         embedding_bits=embedding_bits, embedding_scale=embedding_scale)
@@ -714,11 +728,15 @@ def main(argv=None):
     except (UserError, BundleError) as e:  # BundleError: a bundle the torch-free runtime refuses
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:  # click turns a KeyboardInterrupt into Abort
+        from edgekit.train import Terminated, interruption
+
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__
+        if isinstance(cause, Terminated):  # SIGTERM during training: the trainer wrote a checkpoint
+            what, status = interruption(cause)
+            click.echo(f"{what}; the last checkpoint is kept, continue with --resume", err=True)
+            sys.exit(status)
         click.echo("interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted; the last checkpoint is kept, continue with --resume", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()

@@ -15,8 +15,10 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,42 @@ from torch import nn
 
 from edgekit.errors import UserError
 from edgekit.io import RunDir, atomic_dir, latest_checkpoint, remove_stale_temporaries, write_json
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during training (a scheduler's stop, ``kill``, a container stopping). The loop
+    treats it as Ctrl+C: the step in flight is finished or undone and a checkpoint is written, so
+    ``--resume`` continues from the step the run had reached."""
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread instead of ending the process
+    at once. A second SIGTERM (while the checkpoint is written) is ignored; SIGKILL still ends it.
+    Nothing changes outside the main thread or where someone else installed a TERM handler."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def interruption(e: KeyboardInterrupt) -> tuple[str, int]:
+    """How an interrupted command reports itself: its words and exit status, 128 + the signal's
+    number (the shell's convention): ``("interrupted", 130)`` for Ctrl+C, ``("terminated (SIGTERM)",
+    143)`` for :class:`Terminated`."""
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM)", 143
+    return "interrupted", 130
 
 
 @dataclass
@@ -257,68 +295,69 @@ class Trainer:
         self.model.train()
         last = {}
         window_tokens, window_start = 0, time.perf_counter()
-        try:
-            while self.step < cfg.max_steps:
-                step_metrics: dict[str, float] = {}
-                tokens = 0
-                # what an interruption inside this step must restore, so the step is redone whole
-                snapshot = (self.data_state.state_dict(), _rng_state())
-                for micro in range(cfg.grad_accum):
-                    batch = self._move(self.next_batch())
-                    tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-                    sync = nullcontext()
-                    if self.dist.enabled and micro < cfg.grad_accum - 1:
-                        sync = self.wrapped.no_sync()
-                    with sync:
-                        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                            loss, metrics = self.wrapped(batch)
-                        (loss / cfg.grad_accum).backward()
-                    for k, v in metrics.items():
-                        step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
-                if not math.isfinite(step_metrics.get("loss", 0.0)):
-                    raise RuntimeError(f"loss became {step_metrics['loss']} at step {self.step + 1}; "
-                                       "lower train.lr or check the data")
-                for cb in self.callbacks:
-                    if hasattr(cb, "before_optimizer_step"):
-                        cb.before_optimizer_step(self.step + 1)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                snapshot = None
-                for cb in self.callbacks:
-                    if hasattr(cb, "after_optimizer_step"):
-                        cb.after_optimizer_step(self.step)
-                window_tokens += tokens * self.dist.world_size
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": self.step, **{k: round(v, 6) for k, v in step_metrics.items()},
-                              "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                              "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1)}
+        with terminate_as_interrupt():  # SIGTERM checkpoints as Ctrl+C does
+            try:
+                while self.step < cfg.max_steps:
+                    step_metrics: dict[str, float] = {}
+                    tokens = 0
+                    # what an interruption inside this step must restore, so the step is redone whole
+                    snapshot = (self.data_state.state_dict(), _rng_state())
+                    for micro in range(cfg.grad_accum):
+                        batch = self._move(self.next_batch())
+                        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                        sync = nullcontext()
+                        if self.dist.enabled and micro < cfg.grad_accum - 1:
+                            sync = self.wrapped.no_sync()
+                        with sync:
+                            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                                loss, metrics = self.wrapped(batch)
+                            (loss / cfg.grad_accum).backward()
+                        for k, v in metrics.items():
+                            step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / cfg.grad_accum
+                    if not math.isfinite(step_metrics.get("loss", 0.0)):
+                        raise RuntimeError(f"loss became {step_metrics['loss']} at step {self.step + 1}; "
+                                           "lower train.lr or check the data")
                     for cb in self.callbacks:
-                        if hasattr(cb, "metrics"):
-                            record.update(cb.metrics())
-                    if self.dist.is_main:
-                        self.run.log_metrics(record)
-                    last = record
-                    window_tokens, window_start = 0, time.perf_counter()
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_metrics.get('loss', float('nan')):.4f}",
-                                tok_s=f"{last.get('tokens_per_s', 0):.0f}")
-                if self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
-                    self.save_checkpoint()
-                if stop_after_step is not None and self.step >= stop_after_step:
-                    if self.step % cfg.save_every:
+                        if hasattr(cb, "before_optimizer_step"):
+                            cb.before_optimizer_step(self.step + 1)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    snapshot = None
+                    for cb in self.callbacks:
+                        if hasattr(cb, "after_optimizer_step"):
+                            cb.after_optimizer_step(self.step)
+                    window_tokens += tokens * self.dist.world_size
+                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        elapsed = time.perf_counter() - window_start
+                        record = {"step": self.step, **{k: round(v, 6) for k, v in step_metrics.items()},
+                                  "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                                  "tokens_per_s": round(window_tokens / max(elapsed, 1e-9), 1)}
+                        for cb in self.callbacks:
+                            if hasattr(cb, "metrics"):
+                                record.update(cb.metrics())
+                        if self.dist.is_main:
+                            self.run.log_metrics(record)
+                        last = record
+                        window_tokens, window_start = 0, time.perf_counter()
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_metrics.get('loss', float('nan')):.4f}",
+                                    tok_s=f"{last.get('tokens_per_s', 0):.0f}")
+                    if self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                         self.save_checkpoint()
-                    return {"interrupted": True, "step": self.step, "last": last}
-        except KeyboardInterrupt:
-            if locals().get("snapshot") is not None:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.data_state.load_state_dict(snapshot[0])
-                _set_rng_state(snapshot[1])
-            self.save_checkpoint()
-            raise
-        finally:
-            bar.close()
+                    if stop_after_step is not None and self.step >= stop_after_step:
+                        if self.step % cfg.save_every:
+                            self.save_checkpoint()
+                        return {"interrupted": True, "step": self.step, "last": last}
+            except KeyboardInterrupt:  # Ctrl+C or SIGTERM (Terminated): keep the step reached
+                if locals().get("snapshot") is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.data_state.load_state_dict(snapshot[0])
+                    _set_rng_state(snapshot[1])
+                self.save_checkpoint()
+                raise
+            finally:
+                bar.close()
         return {"interrupted": False, "step": self.step, "last": last}

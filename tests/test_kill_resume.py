@@ -303,3 +303,66 @@ def test_resume_removes_the_temporaries_of_writes_a_kill_cut_short(tmp_path):
     assert sorted(removed) == [".model.old-123-456", ".results.json.tmp-x1y2", "checkpoints/.step-0000008.tmp-ab12cd34"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt", "checkpoints", "keep.tmp-1"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000004"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_torch_thread")
+def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_ends_with_the_same_student(
+        tiny_teacher, tiny_corpus, distilled, tmp_path):
+    """SIGTERM (a scheduler's stop, ``kill``) is handled as Ctrl+C: the run checkpoints the step it had
+    reached, says so in one line and exits 143. Periodic checkpoints are off here (save_every beyond
+    the last step), so without the handler there would be no checkpoint at all."""
+    over = tiny_distill_overrides(tiny_teacher, tiny_corpus, max_steps=STEPS, save_every=10 * STEPS)
+    over["student"]["dropout"] = 0.1
+    recipe = tmp_path / "distill.yaml"
+    recipe.write_text(yaml.safe_dump(over))
+    out, log = tmp_path / "distill", tmp_path / "distill.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "distill", "--recipe", str(recipe),
+                                 "--out", str(out)], stdout=err, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not ((out / "metrics.jsonl").is_file() and len(train_records(out)) >= 3):
+                assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, "no third step within the timeout"
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 143, text[-3000:]
+    assert "Traceback" not in text
+    assert text.rstrip().endswith("terminated (SIGTERM); the last checkpoint is kept, continue with --resume")
+    reached = max(r["step"] for r in train_records(out))
+    assert reached < STEPS, "the run finished before the signal: give it more steps"
+    assert first_checkpoint(out) is not None, "SIGTERM left no checkpoint"
+    assert [p.name for p in out.glob("checkpoints/step-*")] == [f"step-{reached:07d}"]
+    assert_nothing_half_written(out)
+    rerun(["distill", "--recipe", recipe, "--out", out, "--resume"])
+    assert [r["step"] for r in train_records(out)] == list(range(1, STEPS + 1))
+    assert_same_weights(model_of(out), model_of(distilled[0]))
+
+
+def test_terminate_as_interrupt_restores_the_default_handler_and_leaves_others_alone():
+    from edgekit.train import Terminated, interruption, terminate_as_interrupt
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(Terminated):
+        with terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert interruption(Terminated()) == ("terminated (SIGTERM)", 143)
+    assert interruption(KeyboardInterrupt()) == ("interrupted", 130)
+
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

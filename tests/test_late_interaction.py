@@ -386,7 +386,73 @@ def test_late_interaction_export_refuses_what_it_cannot_do(exported, tmp_path):
         export_model(model_dir, tmp_path / "b2", format="tflite")
     with pytest.raises(UserError, match="drop --exit-layer"):
         export_model(model_dir, tmp_path / "b3", exit_layer=2)
+    with pytest.raises(UserError, match="--accuracy-aware does not support late-interaction"):
+        export_model(model_dir, tmp_path / "b4", int8=True, accuracy_aware=0.99)
+    with pytest.raises(UserError, match="--embedding-bits applies to int8 bundles"):
+        export_model(model_dir, tmp_path / "b5", embedding_bits=4)
     assert not any(tmp_path.iterdir())
+
+
+def test_int8_bundle_packs_snaps_its_table_and_is_checked_on_the_dev_examples(trained, tmp_path):
+    """`edgekit export --int8 --pack --embedding-bits 4 --task` of a late-interaction checkpoint: the
+    parity gate runs the dev examples as requests (each its segments), the table is on 15 levels,
+    and the .edgepack unpacks to the same files, which run."""
+    import json
+
+    from click.testing import CliRunner
+
+    import edgekit_device
+    from edgekit.cli import app
+    from edgekit.late_interaction import load_segment_model
+    from edgekit_device.segments import SegmentBundle
+
+    model_dir, data = trained
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, ["export", str(model_dir), "--out", str(out), "--int8", "--pack",
+                                      "--embedding-bits", "4", "--task", "jsonl", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    parity = manifest["parity"]
+    dev = [json.loads(line)["segments"] for line in (data / "dev.jsonl").read_text().splitlines()]
+    assert parity["samples"] == len(dev) == 8 and parity["inputs"].startswith("examples of the jsonl dev split")
+    assert parity["segments"] == len({s for ex in dev for s in ex})
+    assert parity["raw_agreement"] + parity["near_ties"] / 8 >= parity["min_agreement"] == 0.98
+    q = manifest["quantization"]
+    assert q["embedding_bits"] == 4 and q["embedding_snap"]["levels_per_row"] <= 15
+    packed = tmp_path / "bundle.edgepack"
+    assert "packed:" in result.output and packed.is_file()
+    assert packed.stat().st_size < manifest["sizes"]["dense_bytes"]
+    restored = edgekit_device.unpack(packed, tmp_path / "restored")
+    for name in manifest["files"]:
+        assert (restored / name).read_bytes() == (out / name).read_bytes(), name
+    bundle, ref = SegmentBundle(restored), load_segment_model(model_dir)
+    got = bundle.interact([bundle.encode_segments(ex) for ex in dev])
+    expected = ref.interact([ref.encode_segments(ex) for ex in dev])
+    assert got.shape == expected.shape == (8, 3)
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 7 / 8
+
+
+def test_a_damaged_late_interaction_graph_fails_export_with_one_sentence_and_writes_nothing(trained, tmp_path,
+                                                                                           monkeypatch):
+    from edgekit.export import export_model
+    from edgekit.late_interaction import export as li_export
+
+    real = li_export.export_copy
+
+    def damaged(model):
+        copy = real(model)
+        with torch.no_grad():
+            copy.segment_embedding.weight.add_(3.0)  # what the interaction graph adds per segment
+        return copy
+
+    monkeypatch.setattr(li_export, "export_copy", damaged)
+    model_dir, data = trained
+    with pytest.raises(UserError) as e:
+        export_model(model_dir, tmp_path / "bundle", pack=True, sample_texts=TEXTS)
+    message = str(e.value)
+    assert "does not compute what the PyTorch model computes" in message and "\n" not in message
+    assert "requests of 1..n of" in message
+    assert not any(tmp_path.iterdir())  # no bundle, no temporary, no .edgepack
 
 
 def test_recipe_section_turns_late_interaction_on(tmp_path):
@@ -425,7 +491,7 @@ def test_export_parity_check_fails_on_a_bundle_that_disagrees():
     import numpy as np
 
     from edgekit.errors import UserError
-    from edgekit.late_interaction.export import check_parity
+    from edgekit.late_interaction.export import check_parity, parity_requests
 
     class Side:
         max_segments = 4
@@ -439,12 +505,22 @@ def test_export_parity_check_fails_on_a_bundle_that_disagrees():
         def interact(self, requests):
             return np.array([[sum(float(s.sum()) for s in r), 0.0] for r in requests], dtype=np.float32) + self.shift
 
-    texts = ["甲", "乙乙", "丙丙丙", "丁"]
-    entry = check_parity(Side(0.0), Side(np.float32(1e-5)), texts, "fp32")
+    requests = parity_requests(["甲", "乙乙", "丙丙丙", "丁"], 4)
+    assert requests == [["甲"], ["乙乙", "丙丙丙"], ["丁"]]
+    entry = check_parity(Side(0.0), Side(np.float32(1e-5)), requests, "fp32", depth=4)
     assert entry["raw_agreement"] == 1.0 and entry["max_abs_diff"] < 1e-3 and entry["samples"] == 3
+    assert entry["segments"] == 4 and entry["min_agreement"] == 0.999 and entry["per_exit"][0]["exit"] == 4
     with pytest.raises(UserError) as info:
-        check_parity(Side(0.0), Side(np.array([0.0, 0.5], dtype=np.float32)), texts, "fp32")
+        check_parity(Side(0.0), Side(np.array([0.0, 0.5], dtype=np.float32)), requests, "fp32", depth=4)
     message = str(info.value)
-    assert "disagree with the checkpoint (max logit difference 5.00e-01" in message and "\n" not in message
-    with pytest.raises(UserError, match="argmax agreement 0.000"):  # int8: no logit bound, but every class flips
-        check_parity(Side(0.0), Side(np.array([0.0, 100.0], dtype=np.float32)), texts, "int8")
+    assert "does not compute what the PyTorch model computes: at exit 4 its logits differ by up to 0.5 on 3 " \
+           "requests" in message and "\n" not in message
+    with pytest.raises(UserError) as info:  # int8: no logit bound, but every class flips
+        check_parity(Side(0.0), Side(np.array([0.0, 100.0], dtype=np.float32)), requests, "int8", depth=4)
+    assert "predicts the same class on 0.0% of 3 requests, below the int8 threshold 98.0%" in str(info.value)
+    assert "export fp32, or lower --min-agreement" in str(info.value) and "accuracy-aware" not in str(info.value)
+    # 1 flip in 3 passes only a threshold it meets
+    half = Side(0.0)
+    half.interact = lambda rs: np.array([[1.0, 0.0] if i else [0.0, 1.0] for i, _ in enumerate(rs)], dtype=np.float32)
+    assert check_parity(Side(0.0), half, requests, "int8", depth=4, min_agreement=0.6)["raw_agreement"] == \
+        pytest.approx(2 / 3)

@@ -220,7 +220,8 @@ def test_edgekit_run_command_prints_the_table_and_the_bundle(tiny_teacher, tiny_
 
 def test_a_task_whose_students_are_late_interaction_models(tiny_teacher, tiny_corpus, reviews, tmp_path):
     """``pipeline.tasks[].late_layers``: the student rows fine-tune and export as late-interaction models
-    (two graphs, no .edgepack, no phone bundle); the teacher row stays a whole-text model."""
+    (two graphs, packed, checked on the dev examples' segments; no phone bundle); the teacher row stays a
+    whole-text model."""
     from edgekit.pipeline import load_pipeline_config, run_pipeline
     from edgekit_device import load_bundle
 
@@ -237,7 +238,12 @@ def test_a_task_whose_students_are_late_interaction_models(tiny_teacher, tiny_co
     assert not json.loads((out / "reference/teacher/jsonl/results.json").read_text())["late_interaction"]
     bundle = load_bundle(out / "export" / "jsonl" / "bundle")
     assert bundle.manifest["layout"] == "late-interaction" and bundle.manifest["precision"] == "int8"
-    assert not (out / "export" / "jsonl" / "bundle.edgepack").exists()
-    assert report["bundles"]["jsonl"]["packed_bytes"] is None
+    assert recipe["export"]["pack"] is True
+    packed = out / "export" / "jsonl" / "bundle.edgepack"
+    assert report["bundles"]["jsonl"]["packed_bytes"] == packed.stat().st_size > 0
+    parity = bundle.manifest["parity"]
+    assert parity["inputs"] == "examples of the jsonl dev split" and parity["source"] == "requests"
+    n = recipe["export"]["parity_examples"]  # the first n dev examples, each as its segments
+    assert parity["samples"] == n and parity["segments"] >= n
     # the bundle is evaluated as the checkpoint is, on segments: within int8 tolerance (40 dev examples)
     assert abs(report["accuracy"]["bundle"]["jsonl"] - report["accuracy"]["pruned"]["jsonl"]) <= 2 / 40 + 1e-9

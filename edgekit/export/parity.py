@@ -159,7 +159,7 @@ def judge_exit(reference: np.ndarray, got: np.ndarray, precision: str, min_agree
 
 
 def failure_sentence(per_exit: list[dict], precision: str, min_agreement: float, inputs: str,
-                     generated: bool = False) -> str:
+                     generated: bool = False, int8_fix: str | None = None) -> str:
     """The one sentence a failed parity check says: the worst exit, its numbers, the inputs, the way out."""
     failed = [e for e in per_exit if e["failed"]]
     broken = [e for e in failed if e["failed"] == "logits"]
@@ -174,8 +174,8 @@ def failure_sentence(per_exit: list[dict], precision: str, min_agreement: float,
     ties = f", {e['near_ties']} near-tie flip{'s' if e['near_ties'] != 1 else ''} excused" if e["near_ties"] else ""
     # Not static int8: the per-layer bundle runs one layer graph at every depth, so one static scale must cover
     # every depth's range (benchmarks/results/int8_depth.md); dynamic ranges with float modules fare better.
-    fix = ("export with --accuracy-aware (ONNX: Neural Compressor keeps the modules that change predictions in "
-           "float), export fp32, or lower --min-agreement if you accept that many changed predictions"
+    fix = (int8_fix or "export with --accuracy-aware (ONNX: Neural Compressor keeps the modules that change "
+           "predictions in float), export fp32, or lower --min-agreement if you accept that many changed predictions"
            if precision == "int8"
            else "this is likely a bug in edgekit's exporter (please report it), or lower --min-agreement knowingly")
     if generated:  # random token ids are not what the model will see: real texts are the fairer judge

@@ -123,8 +123,13 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
                  max_length: int | None = None, sample_texts=None, calibration_texts=None, pack: bool = False,
                  pack_codec: str = "zlib", min_agreement: float | None = None, sample_source: str | None = None,
                  overwrite: bool = False, accuracy_aware: bool | float = False, embedding_bits: int = 8,
-                 embedding_scale: str = "table") -> Path:
+                 embedding_scale: str = "table", sample_requests=None) -> Path:
     """Export the classifier in ``model_dir`` as a bundle directory ``out``; returns ``out``.
+
+    A late-interaction checkpoint becomes the two-graph ``late-interaction`` bundle
+    (``late_interaction.export``), with the same parity gate, packing and table snapping, run on
+    requests: ``sample_requests`` (each a list of segment texts, e.g. a task's dev examples), else
+    requests made of ``sample_texts``.
 
     Args:
         format: ``"onnx"`` (dynamic batch and length) or ``"tflite"`` (static shapes, batch 1).
@@ -185,7 +190,8 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
         raise UserError(f"pack codec must be one of {', '.join(CODECS)}, got {pack_codec!r}.")
     calibration_texts = [t for t in (calibration_texts or []) if t and t.strip()]
     scheme = _int8_scheme(int8, calibration_texts)
-    from edgekit.quantize.table_bits import DEFAULT_BITS, DEFAULT_SCALE, check_bits, check_scale, snap_word_embeddings
+    from edgekit.quantize.table_bits import (DEFAULT_BITS, DEFAULT_SCALE, check_bits, check_scale, snap_hint,
+                                             snap_word_embeddings)
 
     embedding_bits = check_bits(embedding_bits)
     if embedding_bits != DEFAULT_BITS and scheme is None:
@@ -201,18 +207,20 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
     from edgekit.checkpoint import load_config_of
 
     if getattr(load_config_of(model_dir), "late_interaction", None):  # two halves, run by edgekit_device.segments
-        if pack:
-            raise UserError("--pack does not support late-interaction bundles yet; export without --pack.")
         if max_length is not None:
             raise UserError("a late-interaction bundle's length is the checkpoint's max_segment_tokens; "
                             "drop --max-length.")
-        if embedding_bits != DEFAULT_BITS:
-            raise UserError("--embedding-bits does not support late-interaction bundles yet; drop it.")
+        if accuracy_aware is not False and accuracy_aware is not None:
+            raise UserError("--accuracy-aware does not support late-interaction bundles yet; drop it.")
         from edgekit.late_interaction.export import export_late_interaction
 
-        return export_late_interaction(model_dir, out, int8=int8 if not calibration_texts else "static",
-                                       sample_texts=sample_texts or calibration_texts, overwrite=overwrite,
-                                       format=format, exit_layer=exit_layer)
+        export_late_interaction(model_dir, out, int8=int8 if not calibration_texts else "static",
+                                sample_texts=sample_texts or calibration_texts, sample_requests=sample_requests,
+                                sample_source=sample_source, min_agreement=min_agreement, overwrite=overwrite,
+                                format=format, exit_layer=exit_layer, embedding_bits=embedding_bits)
+        if pack:
+            edgekit_device.pack(out, packed_path(out), codec=pack_codec, overwrite=overwrite)
+        return Path(out)
     if max_length is None:  # the length every command defaults to: the one the model was fine-tuned with
         max_length = default_max_length(model_dir)
     classifier, tokenizer, labels = load_classifier(model_dir)
@@ -291,10 +299,7 @@ def export_model(model_dir, out, format: str = "onnx", int8: bool | str = False,
             manifest["parity"] = check_parity(classifier, predictor, ids, mask, manifest["precision"], source,
                                               min_agreement, inputs)
         except UserError as e:
-            if not snapped:
-                raise
-            raise UserError(f"{str(e).rstrip('.')}; or raise --embedding-bits above {embedding_bits} (each row of "
-                            f"the word-embedding table is on {snapped['levels_per_row']} levels now).") from None
+            raise snap_hint(e, embedding_bits, snapped) from None
         write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", "sizes")})
     if pack:
         edgekit_device.pack(out, packed_path(out), codec=pack_codec, overwrite=overwrite)

@@ -17,7 +17,6 @@ import copy
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -25,9 +24,6 @@ from edgekit.errors import UserError
 from edgekit.late_interaction.model import LateInteractionClassifier
 
 LAYOUT = "late-interaction"
-# fp32: the graphs compute the checkpoint's arithmetic; int8 moves logits by a few hundredths
-MAX_LOGIT_DIFF = {"fp32": 1e-3, "int8": None}
-MIN_AGREEMENT = {"fp32": 1.0, "int8": 0.9}
 
 
 class SegmentEncoderGraph(nn.Module):
@@ -66,31 +62,55 @@ def _entries(hidden: int, labels: int) -> dict:
                             "outputs": [t("logits", "float32", ["batch", "labels"])]}}
 
 
-def check_parity(reference, bundle, texts: list[str], precision: str) -> dict:
-    """Logits of the checkpoint and the bundle on requests made of ``texts``; raise if they differ.
+def export_copy(model: LateInteractionClassifier) -> LateInteractionClassifier:
+    """The copy the graphs are traced from (float32, eval, eager attention: the additive mask as plain
+    arithmetic); table snapping changes it, never the checkpoint parity compares with."""
+    model = copy.deepcopy(model).float().eval()
+    model.config._attn_implementation = "eager"
+    return model
 
-    Requests: 1, 2, 3 ... consecutive texts (up to ``max_segments``), every text encoded once per
-    side, as a server with a cache would."""
-    ours, theirs = reference.encode_segments(texts), bundle.encode_segments(texts)
+
+def parity_requests(texts: list[str], max_segments: int) -> list[list[str]]:
+    """Requests made of sample segments when there are no real ones: 1, 2, 3 ... consecutive texts
+    (at most ``max_segments`` each), so every request size up to the bundle's limit is run."""
     requests, start, size = [], 0, 1
     while start < len(texts):
-        size = min(size, bundle.max_segments)
-        requests.append(list(range(start, min(start + size, len(texts)))))
+        size = min(size, max_segments)
+        requests.append(texts[start:start + size])
         start += size
         size += 1
-    expected = reference.interact([[ours[i] for i in r] for r in requests])
-    got = bundle.interact([[theirs[i] for i in r] for r in requests])
-    diff = float(np.abs(expected - got).max())
-    agreement = float((expected.argmax(-1) == got.argmax(-1)).mean())
-    limit = MAX_LOGIT_DIFF[precision]
-    if (limit is not None and diff > limit) or agreement < MIN_AGREEMENT[precision]:
-        raise UserError(f"the exported late-interaction graphs disagree with the checkpoint (max logit difference "
-                           f"{diff:.2e}, argmax agreement {agreement:.3f} on {len(requests)} requests); this is a bug "
-                           "in edgekit's export, please report it.")
-    # the keys of the other layouts' parity entry (edgekit.export.parity), which `edgekit export` prints
-    return {"samples": len(requests), "inputs": f"requests of 1..{size - 1} of {len(texts)} sample segments",
-            "raw_agreement": agreement, "min_agreement": MIN_AGREEMENT[precision], "near_ties": 0,
-            "max_abs_diff": diff, "max_abs_diff_limit": limit, "segments": len(texts)}
+    return requests
+
+
+def check_parity(reference, bundle, requests: list[list[str]], precision: str, depth: int,
+                 min_agreement: float | None = None, inputs: str = "requests") -> dict:
+    """Logits of the checkpoint and the bundle on ``requests`` (each a list of segment texts); raise
+    if they differ as ``edgekit.export.parity`` judges a bundle's exit (argmax agreement with
+    near-ties excused; fp32 also bounds the logits). Each distinct segment is encoded once per side,
+    as a server with a cache would; a request with more than ``max_segments`` segments is fitted as
+    in training (``data.fit_segments``). Returns the manifest's ``parity`` entry, with the keys of
+    the other layouts' plus ``segments``."""
+    from edgekit.export.parity import MIN_AGREEMENT, NEAR_TIE_MARGIN, TOLERANCES, failure_sentence, judge_exit
+    from edgekit.late_interaction.data import fit_segments
+
+    min_agreement = MIN_AGREEMENT[precision] if min_agreement is None else float(min_agreement)
+    requests = [fit_segments(r, bundle.max_segments) for r in requests]
+    segments = sorted({s for r in requests for s in r})
+    ours = dict(zip(segments, reference.encode_segments(segments)))
+    theirs = dict(zip(segments, bundle.encode_segments(segments)))
+    expected = reference.interact([[ours[s] for s in r] for r in requests])
+    got = bundle.interact([[theirs[s] for s in r] for r in requests])
+    entry = {"exit": depth, **judge_exit(expected, got, precision, min_agreement)}
+    if entry["failed"]:
+        raise UserError(failure_sentence([entry], precision, min_agreement, f"{len(requests)} {inputs}",
+                                         int8_fix="export fp32, or lower --min-agreement if you accept that many "
+                                                  "changed predictions"))
+    del entry["failed"]
+    return {"samples": len(requests), "source": "requests", "inputs": inputs, "segments": len(segments),
+            "min_agreement": min_agreement, "near_tie_margin": NEAR_TIE_MARGIN, "tolerance": TOLERANCES[precision],
+            "agreement": entry["agreement"], "raw_agreement": entry["raw_agreement"],
+            "near_ties": entry["near_ties"], "max_abs_diff": entry["max_abs_diff"],
+            "p99_abs_diff": entry["p99_abs_diff"], "per_exit": [entry]}
 
 
 # parity segments when no sample texts are given: a request of the paper's Figure 3 kind, and titles
@@ -99,8 +119,16 @@ DEFAULT_TEXTS = ("男性", "点击了 手机壳", "最近搜索：跑步鞋 轻�
 
 
 def export_late_interaction(model_dir, out, int8: bool | str = False, sample_texts=None, overwrite: bool = False,
-                            format: str = "onnx", exit_layer: int | None = None) -> Path:
-    """Write the ``late-interaction`` bundle of the checkpoint ``model_dir`` to ``out``; returns ``out``."""
+                            format: str = "onnx", exit_layer: int | None = None, sample_requests=None,
+                            sample_source: str | None = None, min_agreement: float | None = None,
+                            embedding_bits: int = 8) -> Path:
+    """Write the ``late-interaction`` bundle of the checkpoint ``model_dir`` to ``out``; returns ``out``.
+
+    The parity gate runs ``sample_requests`` (lists of segment texts: a task's dev examples; the
+    first ``parity.SAMPLES``) if given, else requests made of ``sample_texts`` (``parity_requests``),
+    else of a few built-in segments; ``sample_source`` names them in the manifest. ``embedding_bits``
+    below 8 snaps the export copy's word-embedding table (``quantize.table_bits``; int8 only, as
+    ``edgekit export --embedding-bits``); parity still compares with the checkpoint."""
     import edgekit_device
     from edgekit_device.segments import SegmentBundle
 
@@ -109,10 +137,11 @@ def export_late_interaction(model_dir, out, int8: bool | str = False, sample_tex
     from edgekit.export.bundle import FORMAT_VERSION, source_facts, versions, write_device_files, write_manifest
     from edgekit.export.device_tokenizer import device_tokenizer_spec
     from edgekit.export.onnx import export_onnx, quantize_onnx
-    from edgekit.export.parity import PROBE_TEXTS, check_device_tokenizer
+    from edgekit.export.parity import PROBE_TEXTS, SAMPLES, check_device_tokenizer
     from edgekit.export.stage import BUNDLE_KIND
     from edgekit.io import atomic_dir, check_out
     from edgekit.late_interaction.serving import load_segment_model
+    from edgekit.quantize.table_bits import snap_hint, snap_word_embeddings
     from edgekit.student import count_parameters
 
     check_out(out, BUNDLE_KIND, overwrite)
@@ -125,10 +154,18 @@ def export_late_interaction(model_dir, out, int8: bool | str = False, sample_tex
                         "pass --int8 without calibration, or no --int8.")
     model_dir = check_model_dir(model_dir)
     reference = load_segment_model(model_dir)
-    model = copy.deepcopy(reference.model).float().eval()
-    model.config._attn_implementation = "eager"  # the additive mask as plain arithmetic in the graph
+    model = export_copy(reference.model)
     spec = device_tokenizer_spec(reference.tokenizer)
-    texts = [t for t in (sample_texts or []) if t and t.strip()][:64] or list(DEFAULT_TEXTS)
+    requests = [[s for s in r if s and s.strip()] for r in (sample_requests or [])[:SAMPLES]]
+    requests = [r for r in requests if r]
+    if requests:
+        inputs = sample_source or "requests"
+    else:
+        texts = [t for t in (sample_texts or []) if t and t.strip()][:64]
+        inputs = f"requests of 1..n of {len(texts)} {sample_source or 'sample texts'}" if texts else \
+            "requests of built-in sample segments"
+        requests = parity_requests(texts or list(DEFAULT_TEXTS), model.max_segments)
+    texts = sorted({s for r in requests for s in r})
     tokenizer_check = check_device_tokenizer(reference.tokenizer, edgekit_device.Tokenizer(spec),
                                              texts + PROBE_TEXTS, model.max_segment_tokens)
     config = model.config
@@ -137,7 +174,8 @@ def export_late_interaction(model_dir, out, int8: bool | str = False, sample_tex
                "interaction": (InteractionGraph(model), (torch.zeros(2, 8, config.hidden_size),
                                                          torch.tensor([[0] * 4 + [1] * 4, [0] * 6 + [-1] * 2])))}
     precision = "int8" if int8 else "fp32"
-    parameters, nonzero = count_parameters(model)
+    parameters, nonzero = count_parameters(model)  # before snapping, which changes no zero
+    snapped = snap_word_embeddings(model, embedding_bits) if int8 else None
     out = Path(out)
     with atomic_dir(out, BUNDLE_KIND, overwrite) as tmp, tempfile.TemporaryDirectory(prefix="edgekit-li-") as work:
         graphs = {}
@@ -152,7 +190,8 @@ def export_late_interaction(model_dir, out, int8: bool | str = False, sample_tex
         settings = {**model.settings(), "split_layer": model.split, "hidden_size": config.hidden_size}
         manifest = {
             "format_version": FORMAT_VERSION, "format": "onnx", "precision": precision,
-            "quantization": {"scheme": "dynamic"} if int8 else None,
+            "quantization": {"scheme": "dynamic", "embedding_bits": embedding_bits,
+                             **({"embedding_snap": snapped} if snapped else {})} if int8 else None,
             "layout": LAYOUT, "graphs": graphs, "max_length": model.max_segment_tokens,
             "exits": {"layers": [model.depth], "default": model.depth, "dynamic": [],
                       "run": "segment_encoder on each segment alone (cache its output per segment text); interaction "
@@ -168,6 +207,9 @@ def export_late_interaction(model_dir, out, int8: bool | str = False, sample_tex
         }
         manifest = write_manifest(tmp, manifest)
         bundle = SegmentBundle(tmp, threads=2)
-        manifest["parity"] = check_parity(reference, bundle, texts, precision)
+        try:
+            manifest["parity"] = check_parity(reference, bundle, requests, precision, model.depth, min_agreement, inputs)
+        except UserError as e:
+            raise snap_hint(e, embedding_bits, snapped) from None
         write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("files", "sizes")})
     return out

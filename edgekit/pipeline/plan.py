@@ -163,8 +163,8 @@ def export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool =
     if phone:  # the app's format, always packed with the codec the app decodes
         e = dataclasses.replace(e, format="tflite", pack=True, pack_codec="zlib")
     if entry.late_layers is not None:  # two graphs (segment encoder, interaction) at the segments' own length;
-        # no .edgepack, embedding snapping or accuracy-aware tuning for them yet (edgekit export refuses those)
-        e = dataclasses.replace(e, pack=False, embedding_bits=8, accuracy_aware=None, max_length=None)
+        # no accuracy-aware tuning for them yet (edgekit export refuses it)
+        e = dataclasses.replace(e, accuracy_aware=None, max_length=None)
     source = source or f"finetune/{entry.name}"
     model_dir = out / source / "model"
     ft = task_config(cfg, entry, str(model_dir))
@@ -184,7 +184,8 @@ def export_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, phone: bool =
                  [source],
                  f"{e.format} {'fp32' if not int8 else 'int8 ' + int8} bundle"
                  + (" for the phone app" if phone_stage_name(cfg, entry.name) == name else ""),
-                 {"task": ft.task, "model_dir": model_dir, "export": e, "int8": int8, "max_length": max_length})
+                 {"task": ft.task, "model_dir": model_dir, "export": e, "int8": int8, "max_length": max_length,
+                  "late": entry.late_layers is not None})
 
 
 def _eval_stage(cfg: PipelineConfig, out: Path, entry: TaskEntry, row: str, source: str, split: str = "dev") -> Stage:

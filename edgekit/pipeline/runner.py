@@ -129,13 +129,15 @@ def _export(stage: Stage, resume: bool, command: str) -> dict:
 
     job, directory = stage.job, stage.directory
     e, t, int8, model_dir = job["export"], job["task"], job["int8"], job["model_dir"]
-    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field)
+    late = job.get("late", False)  # a late-interaction student: parity runs the dev examples' segments
+    task = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field, segmented=late)
     calibration = task.train.texts[:e.calibration_examples] if int8 == "static" else None
     start = time.perf_counter()
     export_model(model_dir, directory / "bundle", format=e.format, int8=int8, exit_layer=e.exit_layer,
                  max_length=job["max_length"], sample_texts=task.dev.texts[:e.parity_examples],
-                 calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec,
-                 min_agreement=e.min_agreement, overwrite=True, sample_source=f"texts of the {task.name} dev split",
+                 sample_requests=task.dev.segments[:e.parity_examples] if late else None,
+                 calibration_texts=calibration, pack=e.pack, pack_codec=e.pack_codec, min_agreement=e.min_agreement,
+                 overwrite=True, sample_source=f"{'examples' if late else 'texts'} of the {task.name} dev split",
                  embedding_bits=e.embedding_bits, embedding_scale=e.embedding_scale,
                  accuracy_aware=e.accuracy_aware if e.format == "onnx" and e.accuracy_aware is not None else False)
     manifest = read_json(directory / "bundle" / "manifest.json")

@@ -89,9 +89,28 @@ def snap_facts(original: np.ndarray, snapped: np.ndarray, bits: int, scope: str)
             "relative_error": round(error, 5), "newly_zero": int(((snapped == 0) & (original != 0)).sum())}
 
 
+def word_embedding_table(model):
+    """The word-embedding ``nn.Embedding`` of an ``EarlyExitClassifier``, an ALBERT classifier or a
+    ``LateInteractionClassifier`` (its ``base``: ALBERT or BERT)."""
+    base = getattr(model, "base", None)
+    if base is None:
+        base = getattr(model, "model", model).albert
+    return base.embeddings.word_embeddings
+
+
+def snap_hint(error, bits: int, snapped: dict | None):
+    """A failed parity gate's error, with the way out snapping adds: a higher ``--embedding-bits``."""
+    from edgekit.errors import UserError
+
+    if not snapped:
+        return error
+    return UserError(f"{str(error).rstrip('.')}; or raise --embedding-bits above {bits} (each row of the "
+                     f"word-embedding table is on {snapped['levels_per_row']} levels now).")
+
+
 def snap_word_embeddings(model, bits: int, scope: str = DEFAULT_SCALE) -> dict | None:
-    """Snap the word-embedding table of ``model`` (an ``EarlyExitClassifier`` or ALBERT classifier;
-    an export copy, never the user's model) in place, one step per ``scope`` (the table's int8
+    """Snap the word-embedding table of ``model`` (an ``EarlyExitClassifier``, ALBERT classifier or
+    ``LateInteractionClassifier``; an export copy, never the user's model) in place, one step per ``scope`` (the table's int8
     scale: ``"table"`` or ``"row"``); returns ``snap_facts`` (None for 8 bits)."""
     import torch
 
@@ -100,8 +119,7 @@ def snap_word_embeddings(model, bits: int, scope: str = DEFAULT_SCALE) -> dict |
         return None
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    albert = getattr(model, "model", model).albert
-    weight = albert.embeddings.word_embeddings.weight
+    weight = word_embedding_table(model).weight
     original = weight.detach().cpu().float().numpy().copy()
     snapped = snap_levels(original, bits, scope)
     with torch.no_grad():
