@@ -392,11 +392,8 @@ def _task_spec(name: str, text_field: str | None, text_pair_field: str | None, l
                     segment=None if text_field else base.segment)
 
 
-def read_unlabeled(name: str, files, text_field: str | None = None, text_pair_field: str | None = None,
-                   max_examples: int | None = None) -> list[str]:
-    """Texts of task-format files whose lines need no label (e.g. CLUE's ``test.json``), each example
-    built as ``load_task`` builds it (pairs joined with ``PAIR_SEPARATOR``, keyword lists joined), so
-    a teacher and student see unlabelled examples exactly as they see the task's own."""
+def _unlabeled_splits(name: str, files, text_field, text_pair_field, max_examples, segmented: bool):
+    """The ``Split`` of each task-format file in ``files`` (no labels), until ``max_examples`` examples."""
     from edgekit.data import resolve_path
 
     if name == "sentiment" or (name not in TASKS and name not in GENERIC_TASKS):
@@ -404,15 +401,35 @@ def read_unlabeled(name: str, files, text_field: str | None = None, text_pair_fi
                         "finetune.unlabeled and set finetune.unlabeled_text_field to their field instead.")
     spec = _task_spec(name, text_field, text_pair_field, None)
     reader = _read_csv_records if name == "csv" else _read_json_records
-    texts: list[str] = []
+    count = 0
     for f in [files] if isinstance(files, (str, Path)) else files:
         path = resolve_path(str(f))
         if not path.is_file():
             raise UserError(f"unlabelled file '{f}' does not exist; check finetune.unlabeled.")
-        texts += _split(reader(path), path, spec, {}, labelled=False).texts
-        if max_examples and len(texts) >= max_examples:
-            return texts[:max_examples]
-    return texts
+        split = _split(reader(path), path, spec, {}, labelled=False, segmented=segmented)
+        yield split
+        count += len(split.texts)
+        if max_examples and count >= max_examples:
+            return
+
+
+def read_unlabeled(name: str, files, text_field: str | None = None, text_pair_field: str | None = None,
+                   max_examples: int | None = None) -> list[str]:
+    """Texts of task-format files whose lines need no label (e.g. CLUE's ``test.json``), each example
+    built as ``load_task`` builds it (pairs joined with ``PAIR_SEPARATOR``, keyword lists joined), so
+    a teacher and student see unlabelled examples exactly as they see the task's own."""
+    texts = [t for split in _unlabeled_splits(name, files, text_field, text_pair_field, max_examples, False)
+             for t in split.texts]
+    return texts[:max_examples] if max_examples else texts
+
+
+def read_unlabeled_segments(name: str, files, text_field: str | None = None, text_pair_field: str | None = None,
+                            max_examples: int | None = None) -> list[list[str]]:
+    """``read_unlabeled`` for late interaction: the same examples, in the same order, each as the
+    task's segments (``load_task(..., segmented=True)``'s ``Split.segments``)."""
+    segments = [seg for split in _unlabeled_splits(name, files, text_field, text_pair_field, max_examples, True)
+                for seg in split.segments]
+    return segments[:max_examples] if max_examples else segments
 
 
 def load_task(name: str, data_dir=None, text_field: str | None = None, text_pair_field: str | None = None,

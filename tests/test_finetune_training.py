@@ -200,9 +200,48 @@ def test_task_distillation_of_a_late_interaction_student(tiny_albert, separable,
         "teacher_run": str(teacher_run), "logit_cache": str(cache), "alpha": 1.0}), tmp_path / "weak")
     assert weak["task_distill"]["teacher_train_accuracy"] == 0.5 and weak["dev_accuracy"] == 0.5, weak["history"]
 
-    with pytest.raises(UserError, match=r"finetune.unlabeled does not combine with late_interaction yet"):
-        finetune(_cfg(tiny_albert, separable, **late_cfg, finetune={
-            "teacher_run": str(strong), "unlabeled": [str(unlabeled)]}), tmp_path / "late2")
+    # unlabelled lines join a late-interaction student's training set: one segment per line of a plain
+    # file; labelled 16 + unlabelled 200 read as the task reads its examples, soft labels only (alpha 1)
+    small = finetune(_cfg(tiny_albert, separable, **late_cfg, finetune={
+        "teacher_run": str(strong), "logit_cache": str(cache), "unlabeled": [str(unlabeled)]}), tmp_path / "late2")
+    assert small["train_examples"] == 203 and small["task_distill"]["unlabeled_examples"] == 3
+    wide = finetune(_cfg(tiny_albert, separable, **late_cfg, task={"max_train_examples": 16}, finetune={
+        "teacher_run": str(strong), "logit_cache": str(cache), "alpha": 1.0, "unlabeled_text_field": "task",
+        "unlabeled": [str(separable / "train.jsonl")]}), tmp_path / "late3")
+    assert wide["train_examples"] == 216 and wide["task_distill"]["unlabeled_examples"] == 200
+    assert wide["task_distill"]["labelled_examples"] == 16 and wide["dev_accuracy"] >= 0.9, wide["history"]
+
+
+def test_unlabeled_segments_are_the_unlabeled_texts_as_the_task_segments_them(tmp_path):
+    """CSL lines without labels: the teacher's text as the task builds it, the student's segments as
+    CSL's segmenter cuts them (each keyword, then the abstract), in the same order; a plain file: one
+    segment per line."""
+    import json
+    from types import SimpleNamespace
+
+    from edgekit.finetune.task_distill import unlabeled_segments
+    from edgekit.tasks import load_task
+
+    lines = [{"id": 1, "abst": "台风路径预报的修正方法", "keyword": ["台风", "路径"]},
+             {"id": 2, "abst": "水稻产量的遥感估计", "keyword": ["遥感"]}]
+    f = tmp_path / "test.json"
+    f.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    task = SimpleNamespace(name="csl", text_field=None, text_pair_field=None)
+    ft = SimpleNamespace(unlabeled=[str(f)], unlabeled_text_field="task", max_unlabeled=None)
+    texts, segments = unlabeled_segments(ft, task)
+    assert segments == [["台风", "路径", "台风路径预报的修正方法"], ["遥感", "水稻产量的遥感估计"]]
+    labelled = tmp_path / "csl"
+    labelled.mkdir()
+    for split in ("train", "dev"):
+        (labelled / f"{split}.json").write_text("".join(json.dumps({**x, "label": "1"}, ensure_ascii=False) + "\n"
+                                                        for x in lines), encoding="utf-8")
+    assert texts == load_task("csl", labelled).train.texts  # what the teacher was fine-tuned on
+    ft.max_unlabeled = 1
+    assert unlabeled_segments(ft, task) == (texts[:1], segments[:1])
+    plain = tmp_path / "plain.txt"
+    plain.write_text("甲乙\n丙\n", encoding="utf-8")
+    ft = SimpleNamespace(unlabeled=[str(plain)], unlabeled_text_field="sentence,text,abst", max_unlabeled=None)
+    assert unlabeled_segments(ft, SimpleNamespace(name="tnews")) == (["甲乙", "丙"], [["甲乙"], ["丙"]])
 
 
 def test_task_distillation_refuses_a_teacher_of_other_labels(tiny_albert, separable, teacher_run, tmp_path):

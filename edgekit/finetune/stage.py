@@ -209,11 +209,19 @@ def finetune(cfg: FinetuneConfig, out, resume: bool = False, stop_after_step: in
 
         n = len(train_data)
         if late.late_layers is not None:  # the teacher reads each example as the task's whole text, as it was trained
+            from edgekit.finetune.task_distill import IGNORE, unlabeled_segments
+            from edgekit.late_interaction.data import SegmentCorpus
+
             whole = load_task(t.name, t.data_dir, t.text_field, t.text_pair_field, t.label_field).train
             if whole.labels[:n] != task.train.labels[:n]:  # the same file read twice: the same examples in order
                 raise ValueError("the segmented and whole-text reads of the train split disagree")
+            extra, extra_segments = unlabeled_segments(cfg.finetune, t, pair_task=whole.pairs is not None)
+            if extra:  # unlabelled examples (label IGNORE) learn from the soft labels only
+                train_data = SegmentCorpus(tokenizer, task.train.segments[:n] + extra_segments, late.max_segments,
+                                           late.max_segment_tokens,
+                                           labels=task.train.labels[:n] + [IGNORE] * len(extra))
             distilled = attach_teacher_to_segments(cfg.finetune, task.labels, whole.texts[:n], task.train.labels[:n],
-                                                   train_data, t.max_length)
+                                                   train_data, t.max_length, extra)
         else:
             train_data, distilled = attach_teacher(cfg.finetune, task.labels, task.train.texts[:n],
                                                    task.train.labels[:n], tokenizer, t.max_length, t,

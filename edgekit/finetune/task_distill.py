@@ -86,6 +86,26 @@ def unlabeled_texts(ft, task, pair_task: bool = False) -> list[str]:
     return read_corpus(ft.unlabeled, ft.unlabeled_text_field, ft.max_unlabeled)
 
 
+def unlabeled_segments(ft, task, pair_task: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Late interaction: the ``ft.unlabeled`` examples twice, in the same order: as ``unlabeled_texts``
+    reads them (what the teacher was fine-tuned on) and as the student's segments (with
+    ``unlabeled_text_field: task`` the task's segmenter, e.g. CSL's keywords and abstract; a line of
+    one field is one segment)."""
+    texts = unlabeled_texts(ft, task, pair_task)
+    if not texts:
+        return [], []
+    if ft.unlabeled_text_field == "task":
+        from edgekit.tasks import read_unlabeled_segments
+
+        segments = read_unlabeled_segments(task.name, ft.unlabeled, task.text_field, task.text_pair_field,
+                                           ft.max_unlabeled)
+    else:
+        segments = [[t] for t in texts]
+    if len(segments) != len(texts):  # the same files read twice: one example per line each time
+        raise ValueError(f"{len(texts)} unlabelled texts but {len(segments)} segmented examples")
+    return texts, segments
+
+
 def _soft_labels(ft, task_labels: list[str], texts: list[str], labels: list[int], extra: list[str], max_length: int):
     """Teacher logits (N, C) of the labelled ``texts`` then the unlabelled ``extra``, and what to record."""
     from edgekit.finetune.logit_cache import teacher_logits
@@ -112,17 +132,14 @@ def attach_teacher(ft, task_labels: list[str], texts: list[str], labels: list[in
 
 
 def attach_teacher_to_segments(ft, task_labels: list[str], texts: list[str], labels: list[int], data,
-                               max_length: int) -> dict:
+                               max_length: int, extra: list[str] = ()) -> dict:
     """Task distillation for a late-interaction student: ``data`` (a ``SegmentCorpus`` of the labelled
-    examples) gets the teacher's logits of the same examples read as ``texts``, the task's whole text,
-    which is what the teacher was fine-tuned on. Soft labels are per example, so segment batches use
-    them unchanged."""
-    if ft.unlabeled:
-        raise UserError("finetune.unlabeled does not combine with late_interaction yet (unlabelled lines are not "
-                        "split into segments); drop finetune.unlabeled or late interaction.")
-    if len(texts) != len(data):
-        raise ValueError(f"{len(texts)} teacher texts for {len(data)} segment examples")
-    data.teacher_logits, info = _soft_labels(ft, task_labels, texts, labels, [], max_length)
+    examples, then the unlabelled ones, ``unlabeled_segments``) gets the teacher's logits of the same
+    examples read as ``texts`` and ``extra``, the task's whole text, which is what the teacher was
+    fine-tuned on. Soft labels are per example, so segment batches use them unchanged."""
+    if len(texts) + len(extra) != len(data):
+        raise ValueError(f"{len(texts) + len(extra)} teacher texts for {len(data)} segment examples")
+    data.teacher_logits, info = _soft_labels(ft, task_labels, texts, labels, list(extra), max_length)
     return info
 
 
