@@ -57,7 +57,7 @@ def test_finished_run_best_final_and_pass(tmp_path):
     assert [e["epoch"] for e in s["evals"]] == [1.0, 2.0, 5.0]
     assert s["settings"]["epochs"] == 5.0 and s["settings"]["pooling"] == "mean"
     md = tc.render([s], "python benchmarks/teacher_check.py --report-only", "2026-12-01", "test")
-    assert "| CSL | finished | 76.15 | 74.85 | 75.00 | 1.015 | PASS |" in md
+    assert "| CSL | finished | 76.15 | 74.85 |  | 75.00 | 1.015 | PASS |" in md
     assert "| 124 | 2 | 1.24e-03 | **76.15** |" in md
     assert "Time: 620 s (≈ 2.0 s per step)" in md
     assert "| TinyBERT-4 | 75.1 | CLUE leaderboard |" in md and tc.DATA_NOTE in md
@@ -69,7 +69,7 @@ def test_below_target_is_a_miss(tmp_path):
     s = tc.summarize(tc.read_run(run, "CSL, 2 epochs (earlier run)"))
     assert s["verdict"] == "MISS" and s["ratio"] == pytest.approx(0.9539, abs=1e-4)
     md = tc.render([s], "cmd", "d", "m")
-    assert "| CSL, 2 epochs (earlier run) | finished | 71.54 | 71.54 | 75.00 | 0.954 | MISS |" in md
+    assert "| CSL, 2 epochs (earlier run) | finished | 71.54 | 71.54 |  | 75.00 | 0.954 | MISS |" in md
 
 
 def test_unfinished_run_is_in_progress(tmp_path):
@@ -81,9 +81,50 @@ def test_unfinished_run_is_in_progress(tmp_path):
     assert s["best"] == {"step": 1000, "accuracy": 0.5425} and s["final"] is None
     assert s["evals"][0]["epoch"] == pytest.approx(200 / (5001 / 3), abs=0.01)
     md = tc.render([s], "cmd", "d", "m")
-    assert "| TNEWS | in progress, step 1090 of 5001 | 54.25 |  | 53.00 | 1.024 | not finished |" in md
+    assert "| TNEWS | in progress, step 1090 of 5001 | 54.25 |  |  | 53.00 | 1.024 | not finished |" in md
     assert "dev accuracy (first 2,000 dev examples)" in md and "not known until the run finishes" in md
     assert "| ALBERT-zh-tiny (4M) | 53.4 | CLUE paper |" in md  # CSL's "on test" is no TNEWS caveat
+
+
+def test_the_whole_dev_evaluation_is_what_the_verdict_reads(tmp_path):
+    """A run that picked its checkpoint on the first 2,000 dev examples passes there (54.25) but is judged on
+    the whole split when `edgekit eval` measured it (52.10 < 53: MISS)."""
+    config = fake_config("tnews", max_steps=5001, epochs=3.0, max_eval=2000)
+    results = {**finished_results(5001, 0.5425, steps=5001), "task": "tnews", "train_examples": 53360}
+    run = write_run(tmp_path / "tnews", [(2500, 0.53), (5001, 0.5425)], config=config, results=results)
+    assert tc.summarize(tc.read_run(run))["verdict"] == "PASS"
+    (run / tc.WHOLE_DEV).write_text(json.dumps({"accuracy": 0.521, "examples": 10000, "split": "dev"}))
+    s = tc.summarize(tc.read_run(run))
+    assert s["whole_dev"] == {"accuracy": 0.521, "examples": 10000}
+    assert s["verdict"] == "MISS" and s["ratio"] == pytest.approx(0.521 / 0.53, abs=1e-4)
+    md = tc.render([s], "cmd", "d", "m")
+    assert "| TNEWS | finished | 54.25 | 54.25 | 52.10 | 53.00 | 0.983 | MISS |" in md
+    assert "On the whole dev split (10,000 examples): 52.10." in md
+
+
+def test_rows_copied_from_the_committed_report(tmp_path):
+    """--from-report: a row whose run directory is on another machine comes from the earlier JSON, marked."""
+    first = tmp_path / "results"
+    write_run(tmp_path / "teacher-csl", [(124, 0.7615), (310, 0.7485)], results=finished_results(124, 0.7615))
+    tc.main(["--report-only", "--tasks", "csl", "--out-root", str(tmp_path), "--results-dir", str(first)])
+    import shutil
+
+    shutil.rmtree(tmp_path / "teacher-csl")  # a new machine: only the committed report is left
+    write_run(tmp_path / "teacher-tnews", [(200, 0.39)], config=fake_config("tnews", max_steps=5001, max_eval=2000))
+    result = tc.main(["--report-only", "--tasks", "csl,tnews", "--out-root", str(tmp_path), "--results-dir",
+                      str(first), "--from-report", "csl"])
+    csl, tnews = result["runs"]
+    assert csl["best"]["accuracy"] == 0.7615 and csl["from_report"] and csl["verdict"] == "PASS"
+    assert tnews["task"] == "tnews" and "from_report" not in tnews
+    md = (first / "teacher_check.md").read_text()
+    assert f"CSL: copied from the report of {csl['from_report']} (`--from-report`)" in md
+    with pytest.raises(UserError, match=r"--from-report iflytek: the report .* has no such row \(it has: CSL, TNEWS\)"):
+        tc.main(["--report-only", "--tasks", "csl", "--out-root", str(tmp_path), "--results-dir", str(first),
+                 "--from-report", "iflytek"])
+    with pytest.raises(UserError, match="add --report-only"):
+        tc.main(["--tasks", "csl", "--results-dir", str(first), "--from-report", "csl"])
+    with pytest.raises(UserError, match="which does not exist"):
+        tc.main(["--report-only", "--tasks", "csl", "--results-dir", str(tmp_path / "none"), "--from-report", "csl"])
 
 
 def test_restarted_history_keeps_the_later_records():
