@@ -129,7 +129,8 @@ def teacher_e5_small(out, overwrite):
 @click.option("--corpus", multiple=True, help="Distillation corpus file(s) (overrides distill.data.corpus).")
 @click.option("--data-dir", help="Parent directory of the tasks' data directories (DATA_DIR/<task>).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe key, e.g. distill.train.max_steps=50 or pipeline.tasks=tnews,csl.")
+              help="Override any recipe key, e.g. distill.train.max_steps=50 or pipeline.tasks=tnews,csl "
+                   "(the recipe's entries of those tasks, with their keys).")
 @click.option("--force", is_flag=True, help="Redo stages whose recipe or inputs changed instead of refusing.")
 def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
     """The whole pipeline of a recipe: distill, prune, fine-tune, export, eval, compare (re-run to resume)."""

@@ -131,6 +131,22 @@ def test_interrupted_pipeline_resumes_the_stage(tiny_teacher, tiny_corpus, revie
     assert "pruned_over_dense" not in report["ratios"] and "bundle_over_checkpoint" in report["ratios"]
 
 
+def test_set_pipeline_tasks_selects_the_recipes_entries_with_their_keys():
+    """`edgekit run recipes/clue_e5_task.yaml --set pipeline.tasks=csl` runs the recipe's CSL entry (late
+    interaction, provenance), not a bare CSL with defaults; a task the recipe lacks is a bare entry."""
+    from edgekit.config import parse_overrides
+    from edgekit.pipeline import load_pipeline_config
+
+    recipe = ROOT / "recipes" / "clue_e5_task.yaml"
+    (csl,) = load_pipeline_config(recipe, parse_overrides(["pipeline.tasks=csl"])).pipeline.tasks
+    assert (csl.name, csl.late_layers, csl.provenance) == ("csl", 3, "benchmarks/clue_provenance.md")
+    tasks = load_pipeline_config(recipe, parse_overrides(["pipeline.tasks=afqmc,iflytek"])).pipeline.tasks
+    assert [(t.name, t.late_layers, t.provenance) for t in tasks] == [
+        ("afqmc", None, None), ("iflytek", None, "benchmarks/clue_provenance.md")]
+    given = load_pipeline_config(recipe, {"pipeline": {"tasks": [{"name": "csl"}]}}).pipeline.tasks
+    assert given[0].late_layers is None  # an entry written out in full is taken as written
+
+
 def test_stage_commands_read_their_section_of_a_pipeline_recipe():
     from edgekit.distill import load_distill_config
     from edgekit.finetune import load_finetune_config

@@ -110,12 +110,27 @@ def _normalise(data: dict) -> dict:
     return data
 
 
+def _select_recipe_tasks(data: dict, overrides: dict) -> dict:
+    """``--set pipeline.tasks=csl``: a bare name in the override names the recipe's entry of that task, with
+    its keys (``late_layers``, ``provenance``, ``teacher_run``...), not a new entry with defaults; a name
+    the recipe does not list becomes ``{name: ...}`` as in a recipe."""
+    p = overrides.get("pipeline")
+    if not (isinstance(p, dict) and isinstance(p.get("tasks"), (list, str))):
+        return overrides
+    written = _normalise(data).get("pipeline", {})
+    entries = {e.get("name"): e for e in (written.get("tasks") or []) if isinstance(e, dict)} \
+        if isinstance(written, dict) else {}
+    tasks = p["tasks"].split(",") if isinstance(p["tasks"], str) else p["tasks"]
+    chosen = [entries.get(t.strip(), {"name": t.strip()}) if isinstance(t, str) else t for t in tasks]
+    return {**overrides, "pipeline": {**p, "tasks": chosen}}
+
+
 def load_pipeline_config(recipe=None, overrides: dict | None = None) -> PipelineConfig:
     data = read_recipe(recipe) if recipe else {}
     if recipe and "pipeline" not in data:
         raise UserError(f"recipe '{recipe}' has no pipeline: section; `edgekit run` needs a pipeline recipe such as "
                         "recipes/quickstart.yaml (stage recipes run with their own command, e.g. edgekit distill).")
-    cfg = from_dict(PipelineConfig, _normalise(merge(data, overrides or {})))
+    cfg = from_dict(PipelineConfig, _normalise(merge(data, _select_recipe_tasks(data, overrides or {}))))
     if not cfg.pipeline.tasks:
         raise UserError("pipeline.tasks is empty; name at least one task, e.g. tasks: [sentiment].")
     names = [t.name for t in cfg.pipeline.tasks]
