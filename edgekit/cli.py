@@ -159,7 +159,9 @@ def run_cmd(recipe, out, teacher_path, corpus, data_dir, sets, force):
             click.echo(f"bundle ({task}, {b['format']} {b['precision']}, evaluated above): {b['bundle']}" +
                        (f"  (download: {b['packed']}, {b['packed_bytes']:,} bytes)" if b["packed"] else ""))
         if phone is None:
-            click.echo(f"bundle for the phone app ({task}): none (export.phone: none)")
+            from edgekit.pipeline.report import no_phone_reason
+
+            click.echo(f"bundle for the phone app ({task}): none ({no_phone_reason(b)})")
         else:
             click.echo(f"bundle for the phone app ({task}): {phone['bundle']}" +
                        (f"  (download: {phone['packed']}, {phone['packed_bytes']:,} bytes; copy it to "

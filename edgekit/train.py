@@ -38,11 +38,13 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def terminate_as_interrupt():
+def terminate_as_interrupt(enabled: bool = True):
     """While inside, SIGTERM raises :class:`Terminated` in the main thread instead of ending the process
     at once. A second SIGTERM (while the checkpoint is written) is ignored; SIGKILL still ends it.
-    Nothing changes outside the main thread or where someone else installed a TERM handler."""
-    if threading.current_thread() is not threading.main_thread() or \
+    Nothing changes when not ``enabled`` (the trainer: under torchrun, where ranks stopped at different
+    points of a collective could wait on each other forever), outside the main thread, or where
+    someone else installed a TERM handler."""
+    if not enabled or threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
@@ -295,7 +297,7 @@ class Trainer:
         self.model.train()
         last = {}
         window_tokens, window_start = 0, time.perf_counter()
-        with terminate_as_interrupt():  # SIGTERM checkpoints as Ctrl+C does
+        with terminate_as_interrupt(enabled=not self.dist.enabled):  # SIGTERM checkpoints as Ctrl+C does
             try:
                 while self.step < cfg.max_steps:
                     step_metrics: dict[str, float] = {}

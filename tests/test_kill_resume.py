@@ -358,6 +358,9 @@ def test_terminate_as_interrupt_restores_the_default_handler_and_leaves_others_a
     assert interruption(Terminated()) == ("terminated (SIGTERM)", 143)
     assert interruption(KeyboardInterrupt()) == ("interrupted", 130)
 
+    with terminate_as_interrupt(enabled=False):  # the trainer under torchrun: TERM ends the process as before
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
     def mine(signum, frame):
         pass
     previous = signal.signal(signal.SIGTERM, mine)

@@ -259,6 +259,8 @@ def test_a_task_whose_students_are_late_interaction_models(tiny_teacher, tiny_co
     assert report["bundles"]["jsonl"]["packed_bytes"] == packed.stat().st_size > 0
     parity = bundle.manifest["parity"]
     assert parity["inputs"] == "examples of the jsonl dev split" and parity["source"] == "requests"
+    assert "  - no phone bundle (a late-interaction task; the app runs whole texts)" in \
+        (out / "report.md").read_text()
     n = recipe["export"]["parity_examples"]  # the first n dev examples, each as its segments
     assert parity["samples"] == n and parity["segments"] >= n
     # the bundle is evaluated as the checkpoint is, on segments: within int8 tolerance (40 dev examples)

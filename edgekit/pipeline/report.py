@@ -52,6 +52,13 @@ def phone_bundle(cfg: PipelineConfig, out: Path, task: str) -> dict | None:
     return {**_bundle_facts(results), "agreement": results["parity"]["agreement"]}
 
 
+def no_phone_reason(bundle: dict) -> str:
+    """Why a task of the report (``report["bundles"][task]``) has no phone bundle."""
+    if bundle.get("layout") == "late-interaction":
+        return "a late-interaction task; the app runs whole texts"
+    return "export.phone: none"
+
+
 def _ratios(acc: dict, tasks: list[str]) -> dict:
     """Per-task accuracy ratios of M6-Rec Table 7's reading: pruned/dense, student/teacher, bundle/checkpoint."""
     shipped = "pruned" if "pruned" in acc else "dense"
@@ -105,7 +112,7 @@ def _report_markdown(report: dict) -> str:
         lines.append(f"- {t}: checkpoint `{b['checkpoint']}`; bundle {_describe(b)}")
         phone = b.get("phone")
         lines.append(f"  - for the phone app: {_describe(phone)}, parity agreement {phone['agreement']:.3f}"
-                     if phone else "  - no phone bundle (export.phone: none)")
+                     if phone else f"  - no phone bundle ({no_phone_reason(b)})")
     lines += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds'] if s['seconds'] is not None else ''} |"
               for s in report["stages"]]
