@@ -367,7 +367,8 @@ def predict(model, texts, exit_layer, patience, entropy, max_length, as_json):
     """Classify TEXTS at a fixed or a dynamic exit, per example.
 
     MODEL: a fine-tuned checkpoint (PyTorch), the `edgekit finetune` run directory that wrote it, or an
-    exported bundle directory (run by the torch-free device runtime, as on the phone)."""
+    exported bundle directory (run by the torch-free device runtime, as on the phone). For a
+    late-interaction model (checkpoint or bundle), TEXTS are the segments of one request."""
     from edgekit.early_exit import predict_texts
 
     _not_packed(model)

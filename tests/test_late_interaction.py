@@ -524,3 +524,29 @@ def test_export_parity_check_fails_on_a_bundle_that_disagrees():
     half.interact = lambda rs: np.array([[1.0, 0.0] if i else [0.0, 1.0] for i, _ in enumerate(rs)], dtype=np.float32)
     assert check_parity(Side(0.0), half, requests, "int8", depth=4, min_agreement=0.6)["raw_agreement"] == \
         pytest.approx(2 / 3)
+
+
+def test_predict_reads_the_texts_as_the_segments_of_one_request(exported, capsys):
+    """`edgekit predict` on a late-interaction checkpoint or bundle: one request of the given segments,
+    the label and probabilities of `interact` (the checkpoint, not a plain classifier reading each
+    text alone), the same from the bundle; exit options are refused in one sentence."""
+    from edgekit.cli import main
+    from edgekit.early_exit import predict_texts
+    from edgekit.late_interaction import load_segment_model
+
+    model_dir, bundle_dir = exported
+    segments = [TEXTS[0], "男", TEXTS[2]]
+    ref = load_segment_model(model_dir)
+    logits = ref.interact([ref.encode_segments(segments)])[0].astype(np.float64)
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    (row,) = predict_texts(model_dir, segments)
+    assert row["segments"] == segments and row["exit_layer"] == 4
+    assert row["label"] == ref.labels[int(expected.argmax())]
+    np.testing.assert_allclose(row["scores"], expected, atol=1e-6)
+    (from_bundle,) = predict_texts(bundle_dir, segments)
+    assert from_bundle["label"] == row["label"]
+    np.testing.assert_allclose(from_bundle["scores"], row["scores"], atol=1e-3)
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(bundle_dir), "男", "--patience", "2"])
+    assert e.value.code == 2
+    assert "a late-interaction model has one exit" in capsys.readouterr().err

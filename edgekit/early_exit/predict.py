@@ -29,6 +29,15 @@ def predict_texts(model_dir, texts: list[str], exit_layer: int | None = None, pa
         raise UserError(f"patience must be an integer of at least 1, got {patience!r}; it counts how many layers "
                         "in a row must repeat the previous prediction (to exit at the first layer, use --exit-layer 1).")
     path = resolve_model_dir(model_dir, bundles=True)
+    from edgekit.eval.evaluate import late_interaction_of
+
+    if late_interaction_of(path):  # the texts are the segments of one request
+        if exit_layer is not None or patience is not None or entropy is not None or max_length is not None:
+            raise UserError("a late-interaction model has one exit and reads each segment at its own length; drop "
+                            "--exit-layer, --patience, --entropy and --max-length.")
+        from edgekit.late_interaction.serving import predict_segments
+
+        return [predict_segments(path, texts)]
     if (path / "manifest.json").is_file():
         return predict_bundle(path, texts, exit_layer, patience, entropy, max_length)
     model_dir = check_model_dir(path)

@@ -94,4 +94,23 @@ def load_segment_model(path, late_layers: int | None = None, threads: int | None
     return TorchSegmentModel(model, load_tokenizer(model_dir), labels, checkpoint_hash(model_dir, model.settings()))
 
 
-__all__ = ["SEGMENT_EMBEDDING_FILE", "TorchSegmentModel", "checkpoint_hash", "load_segment_model"]
+def predict_segments(path, segments: list[str], threads: int | None = None) -> dict:
+    """One request through a late-interaction checkpoint or bundle (``edgekit predict`` on such a model):
+    its label, probability, every class's probability and the exit (the last layer; there is one).
+    More than ``max_segments`` segments are joined onto the last kept one, as in training."""
+    from edgekit.late_interaction.data import fit_segments
+    from edgekit.serve.engine import softmax
+
+    segments = [s for s in segments if s and s.strip()]
+    if not segments:
+        raise UserError("a late-interaction model reads a request of segments; give at least one non-empty text.")
+    model = load_segment_model(path, threads=threads)
+    segments = fit_segments(segments, model.max_segments)
+    p = softmax(model.interact([model.encode_segments(segments)])[0])
+    manifest = getattr(getattr(model, "bundle", None), "manifest", None)
+    depth = manifest["exits"]["layers"][-1] if manifest else model.model.depth
+    return {"text": " | ".join(segments), "segments": segments, "label": model.labels[int(p.argmax())],
+            "score": float(p.max()), "exit_layer": int(depth), "scores": [round(float(x), 6) for x in p]}
+
+
+__all__ = ["SEGMENT_EMBEDDING_FILE", "TorchSegmentModel", "checkpoint_hash", "load_segment_model", "predict_segments"]
