@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from edgekit.config import merge  # noqa: E402
+from edgekit.errors import UserError  # noqa: E402
 from edgekit.io import read_json, versions, write_json  # noqa: E402
 from edgekit.pipeline import load_pipeline_config, run_pipeline  # noqa: E402
 
@@ -104,8 +105,6 @@ def smoke_setup(out: Path) -> dict:
 def teacher_run_overrides(cfg, pairs: list[str]) -> dict:
     """``--teacher-run TASK=PATH`` (repeatable) as an override of ``pipeline.tasks`` (their ``teacher_run``)."""
     from edgekit.config import to_dict
-    from edgekit.errors import UserError
-
     runs = {}
     for pair in pairs:
         task, _, path = pair.partition("=")
@@ -130,8 +129,6 @@ def task_subset_overrides(cfg, names: str) -> dict:
     recipe later redoes nothing; finished general distillation and pruning are shared.
     """
     from edgekit.config import to_dict
-    from edgekit.errors import UserError
-
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     have = [e.name for e in cfg.pipeline.tasks]
     unknown = [n for n in wanted if n not in have]
@@ -265,6 +262,116 @@ def early_exit_tables(cfg, out: Path, rows: dict, results_dir: Path, name: str, 
     return tables
 
 
+def target_checks(tasks: list[str], acc: dict, shipped: dict) -> list[dict]:
+    """The issue's targets as ratios of dev accuracy, per task: ``value = numerator / denominator``,
+    ``pass = value >= target`` (the shipped pruned row is ``shipped[task]``); a ratio with a missing
+    side is left out."""
+    checks = []
+
+    def check(ratio, t, num, den, target):
+        if num is not None and den:
+            value = num / den
+            checks.append({"ratio": ratio, "task": t, "value": round(value, 4), "target": target,
+                           "pass": value >= target})
+
+    for t in tasks:
+        check("task_distilled_over_teacher", t, acc["dense_task"][t], acc["teacher"][t],
+              TARGETS["task_distilled_over_teacher"])
+        check("pruned_over_dense", t, acc[shipped[t]][t], acc["dense_task"][t], TARGETS["pruned_over_dense"])
+        check("pruned_in_distillation_over_dense", t, acc["pruned_task"][t], acc["dense_task"][t],
+              TARGETS["pruned_over_dense"])
+        check("pruned_in_finetuning_over_dense", t, acc["task_pruned"][t], acc["dense_task"][t],
+              TARGETS["pruned_over_dense"])
+        check("bundle_over_checkpoint", t, acc["bundle"][t], acc[shipped[t]][t], TARGETS["bundle_over_checkpoint"])
+        if t in TEACHER_FLOOR:
+            check("teacher_over_published_floor", t, acc["teacher"][t], TEACHER_FLOOR[t], 1.0)
+    return checks
+
+
+def render(title: str, header: list[str], tasks: list[str], acc: dict, shipped: dict, checks: list[dict],
+           exits: dict, footer: str, source: dict | None = None) -> str:
+    """The benchmark's Markdown: dev accuracy per row and task (with the published rows), the target ratios,
+    the early-exit summary. ``source[task]``: where a merged table's column came from (a "run" column)."""
+    def pct(v):
+        return "" if v is None else f"{100 * v:.2f}"
+
+    where = "this run" if source is None else "the task's run (below)"
+    lines = [title, "", *header, "", "## Dev accuracy (%)", "", "| model | " + " | ".join(t.upper() for t in tasks)
+             + " | |", "|---|" + "---:|" * len(tasks) + "---|"]
+    for key, label in ROWS:
+        lines.append(f"| {label} | " + " | ".join(pct(acc[key].get(t)) for t in tasks) + f" | {where} |")
+    for label, values, src in PUBLISHED:
+        lines.append(f"| {label} | " + " | ".join(f"{values[t]:.1f}" if t in values else "" for t in tasks)
+                     + f" | published ({src}); official train sets |")
+    lines += ["", f"Data: {DATA_NOTE}", "",
+              "Shipped pruned row per task (better on dev): " + ", ".join(f"{t}: {shipped[t]}" for t in tasks)]
+    if source is not None:
+        lines += ["", "## Where each column comes from", "", "| task | date | command | wall time of its run |",
+                  "|---|---|---|---:|"]
+        lines += [f"| {t} | {source[t]['date']} | `{source[t]['command']}` | "
+                  f"{source[t]['wall_seconds_this_invocation']:.0f} s |" for t in tasks]
+    lines += ["", "## Targets (ratios of dev accuracy" + (", one run)" if source is None else ", each within its task's run)"),
+              "", "| ratio | task | value | target | |", "|---|---|---:|---:|---|"]
+    lines += [f"| {c['ratio']} | {c['task']} | {c['value']:.3f} | ≥ {c['target']:.3f} | "
+              f"{'PASS' if c['pass'] else 'MISS'} |" for c in checks]
+    lines += ["", "## Early exit (shipped pruned checkpoint)", "",
+              "| task | accuracy per exit (%) | best dynamic exit within 1 point | speed-up |", "|---|---|---|---:|"]
+    for t in tasks:
+        if t not in exits:
+            lines.append(f"| {t} | late-interaction students: one exit | | |")
+            continue
+        e = exits[t]
+        per = ", ".join(f"{100 * r['accuracy']:.1f}" for r in e["per_exit"])
+        b = e.get("best")
+        setting = (f"{b['mode']} {b.get('patience', b.get('entropy_threshold'))}" if b else "none")
+        lines.append(f"| {t} | {per} | {setting} | {b['speedup_vs_full'] if b else ''}{'×' if b else ''} |")
+    lines += ["", footer]
+    return "\n".join(lines) + "\n"
+
+
+def merge_task_results(name: str, tasks: str, results_dir: Path) -> tuple[dict, str]:
+    """``--merge tnews,iflytek,csl``: the all-task table ``<name>.{md,json}`` from the per-task results
+    ``<name>_<task>.json`` that ``--tasks <task>`` runs wrote (each column from its own run: its date and
+    command are listed; the targets are ratios within a task, so they hold as measured). Refuses a missing
+    or smoke result, one made from another recipe, and one that does not hold its task."""
+    wanted = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not wanted:
+        raise UserError(f"--merge takes a comma-separated list of tasks, got '{tasks}'; e.g. --merge tnews,iflytek,csl.")
+    parts, recipes = {}, set()
+    for t in wanted:
+        path = results_dir / f"{name}_{t}.json"
+        if not path.is_file():
+            raise UserError(f"--merge needs {path}, which does not exist; run `python benchmarks/clue.py --tasks {t}` "
+                            "first (or drop the task from --merge).")
+        part = read_json(path)
+        if part.get("smoke"):
+            raise UserError(f"{path} is a --smoke result (tiny models); merge only real runs.")
+        if t not in part.get("accuracy", {}).get("teacher", {}):
+            raise UserError(f"{path} has no rows for task '{t}'; it was not written by `--tasks {t}`.")
+        parts[t] = part
+        recipes.add(part["recipe"])
+    if len(recipes) > 1:
+        raise UserError(f"--merge found results of different recipes ({', '.join(sorted(recipes))}); merge the "
+                        "per-task results of one recipe.")
+    acc = {key: {t: parts[t]["accuracy"][key].get(t) for t in wanted} for key, _ in ROWS}
+    shipped = {t: parts[t]["task_distillation"][t]["shipped_from"] for t in wanted}
+    checks = [c for t in wanted for c in parts[t]["checks"] if c["task"] == t]
+    exits = {t: parts[t]["early_exit"][t] for t in wanted if t in parts[t].get("early_exit", {})}
+    source = {t: {k: parts[t][k] for k in ("date", "command", "wall_seconds_this_invocation")} for t in wanted}
+    command = f"python benchmarks/clue.py --merge {','.join(wanted)}" + ("" if name == "clue_e5_task" else f" --name {name}")
+    header = [f"Command: `{command}` (assembles the per-task results `{name}_<task>.json`; it trains nothing)  ",
+              f"Recipe: `{recipes.pop()}`. Each task's column comes from its own `--tasks` run, listed below; the "
+              "general distillation and pruning stages follow the same recipe, but a run in another session (or "
+              "another run directory) trained its own (same seed and data)."]
+    md = render(f"# CLUE benchmark: {name} (all tasks)", header, wanted, acc, shipped, checks, exits,
+                f"Plots: `{name}_early_exit_<task>.png`.", source=source)
+    result = {"command": command, "date": str(datetime.date.today()), "recipe": parts[wanted[0]]["recipe"],
+              "merged_from": {t: f"{name}_{t}.json" for t in wanted}, "sources": source, "accuracy": acc,
+              "checks": checks, "shipped_from": shipped, "published": PUBLISHED, "data_note": DATA_NOTE,
+              "early_exit": exits, "versions": {t: parts[t].get("versions") for t in wanted}}
+    return result, md
+
+
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="recipes/clue_e5_task.yaml")
@@ -279,7 +386,21 @@ def main() -> dict:
     ap.add_argument("--tasks", default=None, metavar="A,B",
                     help="run only these of the recipe's tasks (same run directory; results stem "
                          "<name>_<tasks>, so the all-task table is not overwritten)")
+    ap.add_argument("--merge", default=None, metavar="A,B,C",
+                    help="write the all-task table <name>.{md,json} from the per-task results <name>_<task>.json "
+                         "of earlier --tasks runs (trains nothing)")
     args = ap.parse_args()
+    if args.merge:
+        if args.tasks or args.smoke or args.teacher_run or args.force:
+            raise UserError("--merge only assembles finished per-task results; drop --tasks, --smoke, "
+                            "--teacher-run and --force.")
+        name = args.name or Path(args.recipe).stem
+        results_dir = ROOT / "benchmarks" / "results"
+        result, md = merge_task_results(name, args.merge, results_dir)
+        print(md)
+        (results_dir / f"{name}.md").write_text(md, encoding="utf-8")
+        write_json(results_dir / f"{name}.json", result)
+        return result
     command = "python benchmarks/clue.py" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
         if v not in (None, False) and not isinstance(v, list)) + "".join(
@@ -314,63 +435,16 @@ def main() -> dict:
             acc[key][t] = value
         for key in ("dense_task", "pruned_task", "task_pruned", "bundle"):
             acc[key][t] = extra[t]["evals"][key]["accuracy"]
-    checks = []
-
-    def check(ratio, t, num, den, target):
-        if num is not None and den:
-            value = num / den
-            checks.append({"ratio": ratio, "task": t, "value": round(value, 4), "target": target,
-                           "pass": value >= target})
-
-    for t in tasks:
-        shipped = extra[t]["shipped_from"]
-        check("task_distilled_over_teacher", t, acc["dense_task"][t], acc["teacher"][t],
-              TARGETS["task_distilled_over_teacher"])
-        check("pruned_over_dense", t, acc[shipped][t], acc["dense_task"][t], TARGETS["pruned_over_dense"])
-        check("pruned_in_distillation_over_dense", t, acc["pruned_task"][t], acc["dense_task"][t],
-              TARGETS["pruned_over_dense"])
-        check("pruned_in_finetuning_over_dense", t, acc["task_pruned"][t], acc["dense_task"][t],
-              TARGETS["pruned_over_dense"])
-        check("bundle_over_checkpoint", t, acc["bundle"][t], acc[shipped][t], TARGETS["bundle_over_checkpoint"])
-        if t in TEACHER_FLOOR:
-            check("teacher_over_published_floor", t, acc["teacher"][t], TEACHER_FLOOR[t], 1.0)
-
-    def pct(v):
-        return "" if v is None else f"{100 * v:.2f}"
-
-    lines = [f"# CLUE benchmark: {name}" + (" (SMOKE: tiny models, a few steps; the numbers mean nothing)"
-                                            if args.smoke else ""), "",
-             f"Command: `{command}`  ",
-             f"Date: {datetime.date.today()}; {versions()['platform']}, torch {versions().get('torch')}, "
-             f"{versions().get('torch_threads')} threads  ", f"Recipe: `{args.recipe}`; run directory: `{out}`", "",
-             "## Dev accuracy (%)", "", "| model | " + " | ".join(t.upper() for t in tasks) + " | |",
-             "|---|" + "---:|" * len(tasks) + "---|"]
-    for key, label in ROWS:
-        lines.append(f"| {label} | " + " | ".join(pct(acc[key].get(t)) for t in tasks) + " | this run |")
-    for label, values, source in PUBLISHED:
-        lines.append(f"| {label} | " + " | ".join(f"{values[t]:.1f}" if t in values else "" for t in tasks)
-                     + f" | published ({source}); official train sets |")
-    lines += ["", f"Data: {DATA_NOTE}", "",
-              "Shipped pruned row per task (better on dev): "
-              + ", ".join(f"{t}: {extra[t]['shipped_from']}" for t in tasks), "",
-              "## Targets (ratios of dev accuracy, one run)", "", "| ratio | task | value | target | |",
-              "|---|---|---:|---:|---|"]
-    lines += [f"| {c['ratio']} | {c['task']} | {c['value']:.3f} | ≥ {c['target']:.3f} | "
-              f"{'PASS' if c['pass'] else 'MISS'} |" for c in checks]
-    lines += ["", "## Early exit (shipped pruned checkpoint)", "",
-              "| task | accuracy per exit (%) | best dynamic exit within 1 point | speed-up |", "|---|---|---|---:|"]
-    for t in tasks:
-        if t not in exits:
-            lines.append(f"| {t} | late-interaction students: one exit | | |")
-            continue
-        e = exits[t]
-        per = ", ".join(f"{100 * r['accuracy']:.1f}" for r in e["per_exit"])
-        b = e.get("best")
-        setting = (f"{b['mode']} {b.get('patience', b.get('entropy_threshold'))}" if b else "none")
-        lines.append(f"| {t} | {per} | {setting} | {b['speedup_vs_full'] if b else ''}{'×' if b else ''} |")
-    lines += ["", f"Plots: `{exit_name}_early_exit_<task>.png`. Wall time of this invocation: "
-              f"{time.perf_counter() - start:.0f} s (stages finished earlier were skipped)."]
-    md = "\n".join(lines) + "\n"
+    shipped = {t: extra[t]["shipped_from"] for t in tasks}
+    checks = target_checks(tasks, acc, shipped)
+    header = [f"Command: `{command}`  ",
+              f"Date: {datetime.date.today()}; {versions()['platform']}, torch {versions().get('torch')}, "
+              f"{versions().get('torch_threads')} threads  ", f"Recipe: `{args.recipe}`; run directory: `{out}`"]
+    footer = (f"Plots: `{exit_name}_early_exit_<task>.png`. Wall time of this invocation: "
+              f"{time.perf_counter() - start:.0f} s (stages finished earlier were skipped).")
+    title = f"# CLUE benchmark: {name}" + (" (SMOKE: tiny models, a few steps; the numbers mean nothing)"
+                                           if args.smoke else "")
+    md = render(title, header, tasks, acc, shipped, checks, exits, footer)
     print(md)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.md").write_text(md, encoding="utf-8")
@@ -386,8 +460,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    from edgekit.errors import UserError
-
     try:
         main()
     except UserError as e:  # one sentence, no traceback

@@ -131,3 +131,83 @@ def test_late_interaction_tasks_have_no_early_exit_table_and_no_phone_bundle(tmp
     assert isinstance(csl, TaskEntry) and csl.late_layers == 3
     assert task_config(cfg, csl, "m").late_interaction.late_layers == 3               # the student rows
     assert task_config(cfg, csl, "m", reference="teacher").late_interaction.late_layers is None  # not the teacher
+
+
+def _task_result(results, task, acc, recipe="recipes/clue_e5_task.yaml", smoke=False, exits=True):
+    """A per-task result as `clue.py --tasks TASK` writes it (only the keys --merge reads)."""
+    accuracy = {key: {task: value} for key, value in acc.items()}
+    shipped = "task_pruned"
+    result = {"command": f"python benchmarks/clue.py --tasks {task}", "date": "2026-12-01", "recipe": recipe,
+              "smoke": smoke, "accuracy": accuracy,
+              "checks": clue.target_checks([task], accuracy, {task: shipped}),
+              "task_distillation": {task: {"shipped_from": shipped}},
+              "early_exit": ({task: {"per_exit": [{"exit_layer": 1, "accuracy": 0.25}, {"exit_layer": 2, "accuracy": 0.5}],
+                                     "best": {"mode": "patience", "patience": 2, "speedup_vs_full": 1.5}}}
+                             if exits else {}),
+              "versions": {"torch": "2.13.0+cpu"}, "wall_seconds_this_invocation": 100.0}
+    write_json(results / f"clue_e5_task_{task}.json", result)
+    return result
+
+
+ACC = {"teacher": 0.5, "baseline": 0.3, "dense": 0.44, "dense_task": 0.48, "pruned": 0.4, "pruned_task": 0.45,
+       "task_pruned": 0.47, "bundle": 0.466}
+
+
+def test_target_checks_are_the_issue_ratios():
+    acc = {key: {"tnews": value} for key, value in ACC.items()}
+    checks = {c["ratio"]: c for c in clue.target_checks(["tnews"], acc, {"tnews": "task_pruned"})}
+    assert checks["task_distilled_over_teacher"]["value"] == 0.96 and checks["task_distilled_over_teacher"]["pass"]
+    assert checks["pruned_over_dense"]["value"] == round(0.47 / 0.48, 4) == 0.9792 and checks["pruned_over_dense"]["pass"]
+    assert checks["pruned_in_distillation_over_dense"]["value"] == 0.9375
+    assert not checks["pruned_in_distillation_over_dense"]["pass"]
+    assert checks["bundle_over_checkpoint"]["value"] == round(0.466 / 0.47, 4) == 0.9915
+    assert not checks["bundle_over_checkpoint"]["pass"]
+    assert checks["teacher_over_published_floor"]["value"] == round(0.5 / 0.53, 4) and not checks[
+        "teacher_over_published_floor"]["pass"]
+    # a missing side leaves the ratio out instead of dividing by nothing
+    acc["teacher"]["tnews"] = None
+    names = [c["ratio"] for c in clue.target_checks(["tnews"], acc, {"tnews": "task_pruned"})]
+    assert "task_distilled_over_teacher" not in names and "teacher_over_published_floor" not in names
+
+
+def test_merge_assembles_the_per_task_results(tmp_path):
+    _task_result(tmp_path, "tnews", ACC)
+    _task_result(tmp_path, "csl", {**ACC, "teacher": 0.8, "dense_task": 0.62}, exits=False)
+    result, md = clue.merge_task_results("clue_e5_task", "tnews, csl", tmp_path)
+    assert result["accuracy"]["teacher"] == {"tnews": 0.5, "csl": 0.8}
+    assert result["merged_from"] == {"tnews": "clue_e5_task_tnews.json", "csl": "clue_e5_task_csl.json"}
+    assert [c["task"] for c in result["checks"]].count("csl") == 6 and len(result["checks"]) == 12
+    assert "| model | TNEWS | CSL | |" in md and "| teacher, fine-tuned | 50.00 | 80.00 | the task's run (below) |" in md
+    assert "| task_distilled_over_teacher | csl | 0.775 | ≥ 0.920 | MISS |" in md
+    assert "| tnews | 2026-12-01 | `python benchmarks/clue.py --tasks tnews` | 100 s |" in md
+    assert "| tnews | 25.0, 50.0 | patience 2 | 1.5× |" in md and "| csl | late-interaction students: one exit" in md
+    assert result["command"] == "python benchmarks/clue.py --merge tnews,csl"
+
+
+def test_merge_refuses_missing_smoke_and_mixed_results(tmp_path):
+    _task_result(tmp_path, "tnews", ACC)
+    with pytest.raises(UserError, match=r"--merge needs .*clue_e5_task_iflytek.json, which does not exist; run "
+                                        r"`python benchmarks/clue.py --tasks iflytek` first"):
+        clue.merge_task_results("clue_e5_task", "tnews,iflytek", tmp_path)
+    _task_result(tmp_path, "iflytek", ACC, smoke=True)
+    with pytest.raises(UserError, match=r"is a --smoke result"):
+        clue.merge_task_results("clue_e5_task", "tnews,iflytek", tmp_path)
+    _task_result(tmp_path, "iflytek", ACC, recipe="recipes/clue_e5.yaml")
+    with pytest.raises(UserError, match=r"different recipes \(recipes/clue_e5.yaml, recipes/clue_e5_task.yaml\)"):
+        clue.merge_task_results("clue_e5_task", "tnews,iflytek", tmp_path)
+    write_json(tmp_path / "clue_e5_task_csl.json", read_json(tmp_path / "clue_e5_task_tnews.json"))
+    with pytest.raises(UserError, match=r"has no rows for task 'csl'"):
+        clue.merge_task_results("clue_e5_task", "csl", tmp_path)
+    with pytest.raises(UserError, match=r"--merge takes a comma-separated list of tasks"):
+        clue.merge_task_results("clue_e5_task", " , ", tmp_path)
+
+
+def test_merge_cli_refuses_training_options(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "clue.py"), "--merge", "tnews", "--tasks", "tnews"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: --merge only assembles finished per-task results; drop --tasks, --smoke, "
+                                   "--teacher-run and --force.")
