@@ -303,3 +303,28 @@ def test_resume_of_a_finished_run_without_checkpoints_is_refused(tmp_path):
     pipeline = RunDir(tmp_path / "pipe", "edgekit run", kind="pipeline-run")
     pipeline.write_results({"stages": []})
     check_run_dir(tmp_path / "pipe", resume=True, kind="pipeline-run", skips_finished_work=True)  # a pipeline re-run skips finished stages
+
+
+def test_compare_averages_only_rows_with_every_task(tmp_path):
+    from edgekit.eval import compare
+
+    for name, task, acc in (("a", "tnews", 0.5), ("a", "csl", 0.7), ("b", "tnews", 0.52)):
+        (tmp_path / f"{name}-{task}.json").write_text(json.dumps({"task": task, "accuracy": acc, "name": name,
+                                                                  "model": str(tmp_path / name)}))
+    summary = compare(sorted(tmp_path.glob("*.json")))
+    rows = {r["model"]: r for r in summary["rows"]}
+    assert rows["a"]["average"] == pytest.approx(0.6) and rows["b"]["average"] is None
+    assert "| a | ? |  |  |  |  | 50.00 | 70.00 | 60.00 |  |" in summary["markdown"]
+    assert "| b | ? |  |  |  |  | 52.00 |  |  |  |" in summary["markdown"]
+    assert "Note: avg is left empty for a model without a result on every task" in summary["markdown"]
+
+
+def test_the_run_report_reads_only_the_runs_tasks(tmp_path):
+    from edgekit.io import write_json
+    from edgekit.pipeline.report import eval_files
+
+    for row, task in (("bundle", "tnews"), ("teacher", "tnews"), ("pruned", "csl"), ("extra", "tnews")):
+        write_json(tmp_path / "eval" / row / task / "eval.json", {"task": task, "accuracy": 0.5})
+    got = [str(f.relative_to(tmp_path)) for f in eval_files(tmp_path, ["tnews"])]
+    assert got == ["eval/teacher/tnews/eval.json", "eval/bundle/tnews/eval.json", "eval/extra/tnews/eval.json"]
+    assert len(eval_files(tmp_path, ["tnews", "csl"])) == 4

@@ -105,8 +105,8 @@ def compare(items, out=None, overwrite: bool = False) -> dict:
     table = []
     for row in rows.values():
         accs = [row["accuracy"].get(t) for t in tasks]
-        have = [a for a in accs if a is not None]
-        row["average"] = sum(have) / len(have) if have else None
+        # over every task of the table, or none: an average of fewer tasks is not comparable with the others
+        row["average"] = sum(accs) / len(accs) if None not in accs else None
         lat = [v for v in row["latency_ms"].values() if v is not None]
         table.append([row["model"], row["format"], fmt(row["parameters"]), fmt(row["nonzeros"]), fmt_bytes(row["bytes"]),
                       fmt_bytes(row["packed_bytes"]), *["" if a is None else f"{100 * a:.2f}" for a in accs],
@@ -115,6 +115,8 @@ def compare(items, out=None, overwrite: bool = False) -> dict:
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in table]
     notes = sorted(set().union(*[r["notes"] for r in rows.values()]))
+    if len(tasks) > 1 and any(r["average"] is None for r in rows.values()):
+        notes.append("avg is left empty for a model without a result on every task (and it is not plotted).")
     if notes:
         md += [""] + [f"Note: {n}" for n in notes]
     markdown = "\n".join(md)

@@ -11,13 +11,15 @@ ROW_ORDER = ["teacher", "baseline", "dense", "pruned", "bundle"]
 
 
 def write_report(cfg: PipelineConfig, out: Path, log: list[dict], seconds: float) -> dict:
-    """Compare every eval of the run (into ``OUT/compare``) and write ``report.json`` and ``report.md``."""
+    """Compare every eval of the run's tasks (into ``OUT/compare``) and write ``report.json`` and ``report.md``.
+
+    Evals of tasks the recipe no longer runs (an earlier ``--set pipeline.tasks=...`` into the same run
+    directory) stay on disk but are not mixed into this run's table."""
     from edgekit.eval import compare
 
-    files = sorted(out.glob("eval/*/*/eval.json"), key=lambda f: (ROW_ORDER.index(f.parent.parent.name)
-                                                                 if f.parent.parent.name in ROW_ORDER else 9, f))
-    summary = compare(files, out / "compare", overwrite=True)  # the run's own table, redone each time
     tasks = [t.name for t in cfg.pipeline.tasks]
+    files = eval_files(out, tasks)
+    summary = compare(files, out / "compare", overwrite=True)  # the run's own table, redone each time
     acc, splits = {}, {}
     for f in files:
         r = read_json(f)
@@ -34,6 +36,12 @@ def write_report(cfg: PipelineConfig, out: Path, log: list[dict], seconds: float
     claim(out / "report.md")
     (out / "report.md").write_text(_report_markdown(report), encoding="utf-8")
     return report
+
+
+def eval_files(out: Path, tasks: list[str]) -> list[Path]:
+    """``OUT/eval/<row>/<task>/eval.json`` of the given tasks, rows in ``ROW_ORDER`` (others after them)."""
+    return sorted((f for f in out.glob("eval/*/*/eval.json") if f.parent.name in tasks),
+                  key=lambda f: (ROW_ORDER.index(f.parent.parent.name) if f.parent.parent.name in ROW_ORDER else 9, f))
 
 
 def _bundle_facts(results: dict) -> dict:
